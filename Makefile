@@ -1,0 +1,40 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Each creates .venv if it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TOOL   := $(BIN)/coursegrader
+
+.PHONY: demo test release check autograde lab-help venv constraints clean
+
+demo: $(STAMP)          ## grade a sample class (reference, blank, catalogue mistakes) and print the scores
+	$(TOOL) demo
+
+test: $(STAMP)          ## the whole test suite (what CI runs)
+	$(BIN)/python -m pytest
+
+release: $(STAMP)       ## regenerate release/ from source/ and check it for leaks
+	$(TOOL) release
+
+check: $(STAMP)         ## reference full marks, blank zero, catalogue caught, release in sync, time budgets
+	$(TOOL) check
+
+autograde: $(STAMP)     ## autograde submitted/ for one assignment: make autograde ASSIGNMENT=01_mle_kl
+	@test -n "$(ASSIGNMENT)" || { echo "usage: make autograde ASSIGNMENT=<assignment id>"; exit 2; }
+	$(TOOL) autograde $(ASSIGNMENT)
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+constraints: $(STAMP)   ## re-pin the transitive dependencies after changing requirements.txt
+	$(BIN)/python -m pip freeze --exclude-editable \
+	  | grep -viE "^($$(sed -n 's/^\([A-Za-z0-9_.-]*\)==.*/\1/p' requirements.txt | paste -sd'|'))==" \
+	  | sed '1i # Transitive dependencies, pinned (pip freeze of a working .venv, minus requirements.txt'"'"'s own lines).\n# Regenerate with: make constraints' > constraints.txt
+
+clean:                  ## remove what the tools made (not the venv, not student data)
+	rm -rf demo reports .pytest_cache

@@ -1,0 +1,90 @@
+"""The `coursegrader` command: one subcommand per job a lecturer or TA does."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .course import Course
+from .errors import CourseError
+
+
+def cmd_release(course: Course, args: argparse.Namespace) -> int:
+    from .release import publish
+
+    leaks = publish(course, course.resolve(args.assignments))
+    for aid, found in leaks.items():
+        print(f"release/{aid}: " + ("clean" if not found else f"{len(found)} LEAKS"))
+        for leak in found:
+            print(f"  {leak}")
+    return 1 if any(leaks.values()) else 0
+
+
+def cmd_check(course: Course, args: argparse.Namespace) -> int:
+    from . import check
+
+    reports = check.run(course, course.resolve(args.assignments), exact=args.exact)
+    print(check.format_report(reports))
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def cmd_demo(course: Course, args: argparse.Namespace) -> int:
+    from . import demo
+
+    dest = Path(args.dest).resolve() if args.dest else course.root / "demo"
+    results, csv = demo.run(course, course.resolve(args.assignments), dest)
+    print(demo.format_report(results, csv, dest))
+    return 0 if all(res.ok for _, res in results) else 1
+
+
+def cmd_autograde(course: Course, args: argparse.Namespace) -> int:
+    from . import autograde
+
+    (aid,) = course.resolve([args.assignment])
+    results = autograde.run(course, aid, args.student or None)
+    print(autograde.format_report(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="coursegrader", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("release", help="regenerate release/ from source/ and check it for leaks")
+    s.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: every assignment")
+    s.set_defaults(func=cmd_release)
+
+    s = sub.add_parser("check", help="prove that every assignment grades as it should")
+    s.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: every assignment")
+    s.add_argument("--exact", action="store_true", help="grade every wrong answer alone (slower, no grouping)")
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("demo", help="autograde, give feedback to and export a sample class, in demo/")
+    s.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: every assignment")
+    s.add_argument("--dest", help="where to build the sample course (default: demo/)")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("autograde", help="autograde the submissions in submitted/ for one assignment")
+    s.add_argument("assignment", metavar="ASSIGNMENT")
+    s.add_argument("--student", action="append", help="grade only this student (repeatable)")
+    s.set_defaults(func=cmd_autograde)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbgrader's own logs are captured per run
+    try:
+        return args.func(Course.find(), args)
+    except CourseError as exc:
+        print(f"coursegrader: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("coursegrader: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

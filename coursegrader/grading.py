@@ -1,0 +1,176 @@
+"""Running nbgrader on a course root through its Python API, and reading the scores back.
+
+`Grader` works on any course root: the real one (`autograde`) or a scratch copy (`check`, `demo`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nbgrader.api import Gradebook, MissingEntry
+from nbgrader.apps import NbGraderAPI
+from nbgrader.coursedir import CourseDirectory
+from nbgrader.plugins import CsvExportPlugin
+from sqlalchemy.exc import SAWarning
+
+from .course import CONFIG_FILE, Course
+from .errors import CourseError
+
+
+@dataclass
+class GradeResult:
+    """One student's autograded assignment: per-test-cell (score, max score), or why it failed."""
+
+    student: str
+    assignment: str
+    seconds: float
+    error: str = ""  # empty when autograde succeeded
+    cells: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @property
+    def score(self) -> float:
+        return sum(s for s, _ in self.cells.values())
+
+    @property
+    def max_score(self) -> float:
+        return sum(m for _, m in self.cells.values())
+
+    @property
+    def lost(self) -> set[str]:
+        """Test cells that did not get full points."""
+        return {gid for gid, (s, m) in self.cells.items() if s < m}
+
+
+GENERIC = ("Please see the", "There was an error processing")
+
+
+def last_error_line(log: str) -> str:
+    """The most telling line of an nbgrader log: the exception, else its last specific error, else its last line."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    exceptions = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Exit)\b.*:", line)]
+    errors = [line for line in lines if "[ERROR]" in line and not any(g in line for g in GENERIC)]
+    return (exceptions or errors or lines or ["failed without a message"])[-1]
+
+
+@contextmanager
+def kernel_noise_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null while nbgrader works.
+
+    Kernels inherit our stderr and print start-up warnings into the TA's terminal, and nbgrader's
+    gradebook emits SQLAlchemy warnings; everything that matters is in the log nbgrader's API captures.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    warnings.filterwarnings("ignore", category=SAWarning)  # nbgrader 0.9.6's gradebook autoflush; harmless
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def use_this_environment() -> None:
+    """nbgrader runs `alembic` and starts kernels by name: make sure it finds this interpreter's, not another's."""
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
+class Grader:
+    """nbgrader's API on one course root (the real course, or a scratch copy of it)."""
+
+    def __init__(self, course: Course, root: Path):
+        use_this_environment()
+        self.course = course
+        self.root = root
+        self.config = course.nbgrader_config(root)
+        self.coursedir = CourseDirectory(config=self.config)
+        self.api = NbGraderAPI(coursedir=self.coursedir, config=self.config)
+
+    @property
+    def db_url(self) -> str:
+        return self.coursedir.db_url
+
+    def generate(self, aid: str, release_dir: Path | None = None) -> None:
+        """Generate the student version of `aid` (into release/, or `release_dir`) and register it."""
+        api = self.api
+        if release_dir is not None:  # a throw-away release: registers the assignment, leaves release/ alone
+            config = self.course.nbgrader_config(self.root)
+            config.CourseDirectory.release_directory = str(release_dir)
+            api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+        with kernel_noise_silenced():
+            result = api.generate_assignment(aid, force=True, create=True)
+        if not result["success"]:
+            raise CourseError(f"{aid}: nbgrader could not generate the release: {last_error_line(result['log'])}")
+
+    def ensure_registered(self, aid: str) -> None:
+        """Make sure the gradebook knows `aid` and its grade cells, without touching release/."""
+        with Gradebook(self.db_url) as gb:
+            try:
+                gb.find_assignment(aid)
+                return
+            except MissingEntry:
+                pass
+        with tempfile.TemporaryDirectory(prefix="release-") as tmp:
+            self.generate(aid, Path(tmp))
+
+    def autograde(self, aid: str, student: str) -> GradeResult:
+        start = time.perf_counter()
+        with kernel_noise_silenced():
+            result = self.api.autograde(aid, student, force=True, create=True)
+        seconds = time.perf_counter() - start
+        if not result["success"]:
+            return GradeResult(student, aid, seconds, error=last_error_line(result.get("log", "")))
+        return GradeResult(student, aid, seconds, cells=self.scores(aid, student))
+
+    def scores(self, aid: str, student: str) -> dict[str, tuple[float, float]]:
+        """grade_id -> (score, max score) for every graded cell of the student's submission."""
+        with kernel_noise_silenced(), Gradebook(self.db_url) as gb:
+            submission = gb.find_submission(aid, student)
+            return {
+                grade.name: (float(grade.score or 0.0), float(grade.max_score))
+                for notebook in submission.notebooks
+                for grade in notebook.grades
+            }
+
+    def feedback(self, aid: str) -> None:
+        with kernel_noise_silenced():
+            result = self.api.generate_feedback(aid, force=True)
+        if not result["success"]:
+            raise CourseError(f"{aid}: nbgrader could not generate feedback: {last_error_line(result['log'])}")
+
+    def export_csv(self, path: Path) -> Path:
+        config = self.course.nbgrader_config(self.root)
+        config.CsvExportPlugin.to = str(path)
+        with Gradebook(self.db_url) as gb:
+            CsvExportPlugin(config=config).export(gb)
+        return path
+
+
+def make_scratch_course(course: Course, dest: Path, aids: list[str]) -> Path:
+    """A fresh course root at `dest` with the course's config and the given assignments' sources."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "source").mkdir(parents=True)
+    shutil.copy2(course.root / CONFIG_FILE, dest / CONFIG_FILE)
+    for aid in aids:
+        shutil.copytree(course.root / "source" / aid, dest / "source" / aid,
+                        ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    return dest

@@ -1,0 +1,101 @@
+"""Reading notebooks safely, finding nbgrader cells, and writing answers into a notebook.
+
+A submission in `check` and `demo` is always "the release notebook with some answers written in",
+exactly what a student hands in: the reference solution, a wrong answer from the catalogue, or nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import nbformat
+from nbformat import NotebookNode
+
+from .errors import CourseError
+
+SOLUTION = ("BEGIN SOLUTION", "END SOLUTION")
+HIDDEN_TESTS = ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
+MARKERS = (*SOLUTION, *HIDDEN_TESTS, "BEGIN MARK SCHEME", "END MARK SCHEME")
+
+
+def read_notebook(path: Path) -> NotebookNode:
+    """Read and validate a notebook; any problem becomes one CourseError line naming the file."""
+    if not path.is_file():
+        raise CourseError(f"{path}: notebook not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+        json.loads(text)
+    except UnicodeDecodeError:
+        raise CourseError(f"{path}: not a text file (is it really a notebook?)") from None
+    except json.JSONDecodeError as exc:
+        raise CourseError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    try:
+        nb = nbformat.reads(text, as_version=4)
+        nbformat.validate(nb)
+    except Exception as exc:  # nbformat raises several types; all mean "not a notebook"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CourseError(f"{path}: not a Jupyter notebook ({first})") from None
+    return nb
+
+
+def nbgrader_meta(cell: NotebookNode) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def grade_id(cell: NotebookNode) -> str | None:
+    return nbgrader_meta(cell).get("grade_id")
+
+
+def is_solution(cell: NotebookNode) -> bool:
+    return bool(nbgrader_meta(cell).get("solution"))
+
+
+def is_test(cell: NotebookNode) -> bool:
+    """An autograded test cell: graded, not a solution, code."""
+    meta = nbgrader_meta(cell)
+    return bool(meta.get("grade")) and not meta.get("solution") and cell.cell_type == "code"
+
+
+def solution_cells(nb: NotebookNode) -> dict[str, NotebookNode]:
+    return {grade_id(c): c for c in nb.cells if is_solution(c)}
+
+
+def test_points(nb: NotebookNode) -> dict[str, float]:
+    """grade_id -> points of every autograded test cell, in notebook order."""
+    return {grade_id(c): float(nbgrader_meta(c).get("points", 0)) for c in nb.cells if is_test(c)}
+
+
+def strip_markers(source: str) -> str:
+    """The source without nbgrader's marker lines: what a student who solved the cell would have."""
+    return "\n".join(line for line in source.splitlines() if not any(m in line for m in MARKERS))
+
+
+def region_lines(source: str, begin: str, end: str) -> Iterator[str]:
+    """The lines strictly between `begin` and `end` marker lines."""
+    inside = False
+    for line in source.splitlines():
+        if begin in line:
+            inside = True
+        elif end in line:
+            inside = False
+        elif inside:
+            yield line
+
+
+def with_answers(nb: NotebookNode, answers: Mapping[str, str]) -> NotebookNode:
+    """A copy of `nb` whose solution cells named in `answers` hold the given code instead."""
+    filled = copy.deepcopy(nb)
+    cells = solution_cells(filled)
+    for gid, code in answers.items():
+        if gid not in cells:
+            raise CourseError(f"no solution cell with grade_id '{gid}'")
+        cells[gid].source = code.strip("\n")
+    return filled
+
+
+def write_notebook(nb: NotebookNode, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))

@@ -1,0 +1,122 @@
+"""The sample class that `check` and `demo` grade: who hands in what, and what each must score.
+
+Per assignment: `reference` hands in the solution, `blank` hands in the release untouched, and
+`mistakes-<r>` hands in the solution with round r of the wrong-answer catalogue written in (see
+catalogue.group_into_rounds). With `exact=True` every wrong answer is handed in alone instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .catalogue import WrongAnswer, group_into_rounds, load_catalogue
+from .course import Course
+from .grading import Grader, GradeResult
+from .notebooks import read_notebook, solution_cells, strip_markers, with_answers, write_notebook
+
+
+@dataclass(frozen=True)
+class Submission:
+    student: str
+    assignment: str
+    wrong: tuple[WrongAnswer, ...] = ()  # the catalogue entries written into the reference
+    blank: bool = False
+
+    @property
+    def expected_lost(self) -> frozenset[str]:
+        return frozenset().union(*(w.fails for w in self.wrong))
+
+
+def reference_answers(source_nb) -> dict[str, str]:
+    """Each solution cell's code as a student who solved it would hand it in (no nbgrader markers)."""
+    return {gid: strip_markers(cell.source) for gid, cell in solution_cells(source_nb).items()}
+
+
+def plan(course: Course, aid: str, exact: bool = False) -> list[Submission]:
+    entries = load_catalogue(course.catalogue_file(aid), aid, read_notebook(course.source_notebook(aid)))
+    groups = [[e] for e in entries] if exact else group_into_rounds(entries)
+    prefix = "wrong" if exact else "mistakes"
+    return [
+        Submission("reference", aid),
+        Submission("blank", aid, blank=True),
+        *(Submission(f"{prefix}-{i}", aid, tuple(group)) for i, group in enumerate(groups, start=1)),
+    ]
+
+
+def hand_in(course: Course, root: Path, sub: Submission) -> None:
+    """Write the submission's notebook into root/submitted/<student>/<aid>/, as a student would."""
+    release_nb = read_notebook(root / "release" / sub.assignment / f"{sub.assignment}.ipynb")
+    answers = {} if sub.blank else reference_answers(read_notebook(course.source_notebook(sub.assignment)))
+    answers.update({w.cell: w.code for w in sub.wrong})
+    write_notebook(with_answers(release_nb, answers),
+                   root / "submitted" / sub.student / sub.assignment / f"{sub.assignment}.ipynb")
+
+
+def grade(course: Course, grader: Grader, subs: list[Submission],
+          progress: Callable[[Submission], None] = lambda s: None) -> list[tuple[Submission, GradeResult]]:
+    results = []
+    for sub in subs:
+        hand_in(course, grader.root, sub)
+        results.append((sub, grader.autograde(sub.assignment, sub.student)))
+        progress(sub)
+    return results
+
+
+@dataclass
+class Verdict:
+    """What the sample class says about one assignment's tests."""
+
+    assignment: str
+    points: float = 0.0
+    reference: float | None = None
+    blank: float | None = None
+    seconds: float | None = None  # autograde time of the reference, kernel start included
+    caught: list[str] = field(default_factory=list)  # wrong answers that lost points exactly where named
+    problems: list[str] = field(default_factory=list)
+
+
+def verify(course: Course, grader: Grader, aid: str, results: list[tuple[Submission, GradeResult]]) -> Verdict:
+    """Hold the grades against what each submission should score; re-grade a failing round entry by entry."""
+    verdict = Verdict(aid)
+    for sub, res in results:
+        if not res.ok:
+            verdict.problems.append(f"{sub.student}: autograde failed: {res.error}")
+            continue
+        if sub.student == "reference":
+            verdict.points, verdict.reference, verdict.seconds = res.max_score, res.score, res.seconds
+            if res.lost:
+                verdict.problems.append(f"reference loses points on {sorted(res.lost)}")
+        elif sub.blank:
+            verdict.blank = res.score
+            if res.score > 0:
+                kept = sorted(gid for gid, (s, _) in res.cells.items() if s > 0)
+                verdict.problems.append(f"blank release scores {res.score:g}: points kept on {kept}")
+        elif res.lost == sub.expected_lost:
+            verdict.caught.extend(w.id for w in sub.wrong)
+        elif len(sub.wrong) == 1:
+            w = sub.wrong[0]
+            verdict.problems.append(_mismatch(w, res))
+        else:  # a round went wrong: find out which entry by grading each alone
+            for i, w in enumerate(sub.wrong, start=1):
+                alone = Submission(f"{sub.student}-{i}", aid, (w,))
+                (_, res1), = grade(course, grader, [alone])
+                if res1.ok and res1.lost == w.fails:
+                    verdict.caught.append(w.id)
+                else:
+                    verdict.problems.append(_mismatch(w, res1))
+    return verdict
+
+
+def _mismatch(w: WrongAnswer, res: GradeResult) -> str:
+    if not res.ok:
+        return f"wrong answer {w.id}: autograde failed: {res.error}"
+    kept = sorted(w.fails - res.lost)
+    extra = sorted(res.lost - w.fails)
+    parts = []
+    if kept:
+        parts.append(f"keeps its points on {kept} (the hidden tests do not catch it)")
+    if extra:
+        parts.append(f"also loses points on {extra} (not named in the catalogue)")
+    return f"wrong answer {w.id}: " + "; ".join(parts)

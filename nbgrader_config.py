@@ -1,0 +1,30 @@
+"""nbgrader configuration of the course.
+
+Read by the nbgrader command line and by `coursegrader`, which loads this file and only overrides
+`CourseDirectory.root` when it grades in a scratch directory.
+"""
+
+c = get_config()  # noqa: F821  (nbgrader provides get_config when it executes this file)
+
+c.CourseDirectory.course_id = "deep-generative-models"
+
+# Time limit for one cell while autograding, in seconds. The slowest cells of the course (training a
+# small VAE or GAN) take about 20 s on a 2-core CPU; a cell that hangs is stopped and scores 0.
+c.Execute.timeout = 120
+
+# nbgrader gives 0 to a test cell that writes anything to stderr. torch and matplotlib write warnings
+# there that say nothing about the answer; drop those outputs before grading.
+c.IgnorePattern.enabled = True
+c.IgnorePattern.pattern = r"(?m)(\b[A-Z]\w*Warning: |^\[W\d)"
+
+# A student who deletes a test cell does not escape it: autograde puts it back and grades it.
+c.OverwriteCells.add_missing_cells = True
+
+# What students see in place of a solution.
+c.ClearSolutions.code_stub = {
+    "python": (
+        "# YOUR CODE HERE: replace the line below with your answer.\n"
+        'raise NotImplementedError("Exercise not answered yet: replace this line with your code.")'
+    )
+}
+c.ClearSolutions.text_stub = "YOUR ANSWER HERE"

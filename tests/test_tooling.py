@@ -1,0 +1,196 @@
+"""Unit tests of the course tooling, on the toy course (seconds, independent of the real notebooks)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from coursegrader import check, sampleclass
+from coursegrader.catalogue import WrongAnswer, group_into_rounds, load_catalogue
+from coursegrader.course import Course
+from coursegrader.errors import CourseError
+from coursegrader.notebooks import read_notebook, strip_markers, with_answers
+from coursegrader.release import find_leaks, secret_lines
+from toycourse import CATALOGUE, make_toy_course
+
+
+def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "coursegrader", *args], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+
+
+# --- notebooks -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content, message", [
+    ('{"cells": [', "not valid JSON"),
+    ('{"hello": 1}', "not a Jupyter notebook"),
+    ("\xff\xfe", None),
+])
+def test_bad_notebooks_give_one_clear_line(tmp_path, content, message):
+    path = tmp_path / "nb.ipynb"
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(CourseError) as err:
+        read_notebook(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    if message:
+        assert message in str(err.value)
+
+
+def test_missing_notebook(tmp_path):
+    with pytest.raises(CourseError, match="notebook not found"):
+        read_notebook(tmp_path / "nope.ipynb")
+
+
+def test_strip_markers_keeps_the_solution():
+    src = "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION"
+    assert strip_markers(src) == "def f():\n    return 1"
+
+
+def test_with_answers_replaces_only_named_cells(toy_course):
+    nb = read_notebook(toy_course.release_notebook("toy"))
+    filled = with_answers(nb, {"double": "def double(x):\n    return 2 * x"})
+    sources = {c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in filled.cells}
+    assert sources["double"] == "def double(x):\n    return 2 * x"
+    assert sources["answer_quiz"] == {c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in nb.cells}["answer_quiz"]
+    with pytest.raises(CourseError, match="no solution cell"):
+        with_answers(nb, {"nope": "x = 1"})
+
+
+# --- release -------------------------------------------------------------------------------------
+
+def test_release_has_no_secrets(toy_course):
+    source = read_notebook(toy_course.source_notebook("toy"))
+    release = read_notebook(toy_course.release_notebook("toy"))
+    assert find_leaks(source, release) == []
+    assert "return 2 * np.asarray(x)" in secret_lines(source)
+    text = toy_course.release_notebook("toy").read_text()
+    assert "np.arange(0, 10, 2)" not in text and "return 2 * np.asarray(x)" not in text
+
+
+def test_leak_check_finds_a_solution_line_and_a_hidden_test(toy_course):
+    source = read_notebook(toy_course.source_notebook("toy"))
+    release = read_notebook(toy_course.release_notebook("toy"))
+    release.cells.append(nbformat.v4.new_code_cell("    return 2 * np.asarray(x)"))
+    release.cells.append(nbformat.v4.new_code_cell('assert answer_quiz == {"b"}, "not the right choice"'))
+    leaks = find_leaks(source, release)
+    assert len(leaks) == 2 and all("solution or hidden-test line" in leak for leak in leaks)
+
+
+def test_out_of_date_release_is_detected(tmp_path):
+    root = make_toy_course(tmp_path / "c")
+    course = Course.load(root)
+    from coursegrader.release import out_of_sync
+
+    assert out_of_sync(course, ["toy"]) == {"toy": []}
+    nb = read_notebook(course.source_notebook("toy"))
+    nb.cells[0].source += "\nA new sentence."
+    nbformat.write(nb, str(course.source_notebook("toy")))
+    assert out_of_sync(course, ["toy"])["toy"] == ["toy.ipynb: differs from a fresh generation"]
+
+
+# --- catalogue -----------------------------------------------------------------------------------
+
+def test_catalogue_loads_and_validates(toy_course, tmp_path):
+    nb = read_notebook(toy_course.source_notebook("toy"))
+    entries = load_catalogue(toy_course.catalogue_file("toy"), "toy", nb)
+    assert [e.id for e in entries] == ["double/square", "double/scalar-only", "answer_quiz/a"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(CATALOGUE.replace('fails = ["test_answer_quiz"]', 'fails = ["test_nope"]'))
+    with pytest.raises(CourseError, match="test_nope"):
+        load_catalogue(bad, "toy", nb)
+    bad.write_text(CATALOGUE.replace('cell = "answer_quiz"', 'cell = "nope"'))
+    with pytest.raises(CourseError, match="no solution cell 'nope'"):
+        load_catalogue(bad, "toy", nb)
+
+
+def test_rounds_never_share_a_cell_or_a_test():
+    def w(i, cell, fails):
+        return WrongAnswer(f"w{i}", "a", cell, frozenset(fails), "", "")
+
+    entries = [w(1, "f", {"tf"}), w(2, "f", {"tf"}), w(3, "g", {"tg"}), w(4, "h", {"tf", "th"}), w(5, "g", {"tg"})]
+    rounds = group_into_rounds(entries)
+    assert sorted(e.id for r in rounds for e in r) == [e.id for e in entries]
+    for r in rounds:
+        assert len({e.cell for e in r}) == len(r)
+        assert sum(len(e.fails) for e in r) == len(set().union(*(e.fails for e in r)))
+    assert len(rounds) == 3
+
+
+# --- grading -------------------------------------------------------------------------------------
+
+def test_check_passes_on_the_toy_course(toy_course):
+    (report,) = check.run(toy_course, ["toy"])
+    assert report.ok, report.verdict.problems
+    assert (report.verdict.points, report.verdict.reference, report.verdict.blank) == (3, 3, 0)
+    assert len(report.verdict.caught) == report.wrong_total == 3
+
+
+def test_check_names_wrong_answers_that_the_catalogue_gets_wrong(tmp_path):
+    root = make_toy_course(tmp_path / "c")
+    catalogue = root / "tests" / "wrong_answers" / "toy.toml"
+    # 1. An entry that is not a mistake at all: the tests rightly keep its points, so check must say so.
+    harmless = '\n[[wrong]]\nid = "double/harmless"\ncell = "double"\nfails = ["test_double"]\nmistake = "None."\n' \
+               'code = """\ndef double(x):\n    return np.asarray(x) + np.asarray(x)\n"""\n'
+    # 2. A mistake that also breaks the quiz's test cell (it shadows `set`), which the entry does not name.
+    text = catalogue.read_text().replace('def double(x):\n    return 2\n', 'def double(x):\n    return 2\nset = frozenset\n')
+    catalogue.write_text(text + harmless)
+    (report,) = check.run(Course.load(root), ["toy"])
+    problems = report.verdict.problems
+    assert not report.ok
+    assert any("double/harmless" in p and "keeps its points" in p for p in problems), problems
+    assert any("double/scalar-only" in p and "also loses points on ['test_answer_quiz']" in p for p in problems), problems
+    assert sorted(report.verdict.caught) == ["answer_quiz/a", "double/square"]
+
+
+def test_sample_class_plan(toy_course):
+    subs = sampleclass.plan(toy_course, "toy")
+    assert [s.student for s in subs] == ["reference", "blank", "mistakes-1", "mistakes-2"]
+    exact = sampleclass.plan(toy_course, "toy", exact=True)
+    assert [s.student for s in exact][2:] == ["wrong-1", "wrong-2", "wrong-3"]
+
+
+# --- command line --------------------------------------------------------------------------------
+
+def test_cli_bad_input_is_one_line(toy_course):
+    for args, expected in [(["check", "nope"], "unknown assignment 'nope'"),
+                           (["autograde", "toy"], "no submissions for toy")]:
+        result = run_cli(toy_course.root, *args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().count("\n") == 0 and expected in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_cli_outside_a_course(tmp_path):
+    result = run_cli(tmp_path, "check")
+    assert result.returncode == 2 and "not inside a course" in result.stderr
+
+
+def test_autograde_grades_good_and_names_broken_submissions(tmp_path):
+    root = make_toy_course(tmp_path / "c")
+    course = Course.load(root)
+    good = root / "submitted" / "alice" / "toy" / "toy.ipynb"
+    sampleclass_sub = sampleclass.Submission("alice", "toy")
+    # alice hands in the solution; bob broken JSON; carol JSON that is not a notebook; dave nothing.
+    from coursegrader.grading import make_scratch_course  # noqa: F401  (import check only)
+    sampleclass.hand_in(course, root, sampleclass_sub)
+    assert good.is_file()
+    for student, content in [("bob", '{"cells": ['), ("carol", '{"hello": 1}')]:
+        (root / "submitted" / student / "toy").mkdir(parents=True)
+        (root / "submitted" / student / "toy" / "toy.ipynb").write_text(content)
+    (root / "submitted" / "dave" / "toy").mkdir(parents=True)
+    shutil.rmtree(root / "release")  # autograde must not need release/: it registers the assignment itself
+    result = run_cli(root, "autograde", "toy")
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.split()}
+    assert "ok" in lines["alice"] and lines["alice"].split()[1:3] == ["3", "3"]
+    assert "not valid JSON" in lines["bob"]
+    assert "not a Jupyter notebook" in lines["carol"]
+    assert "notebook not found" in lines["dave"]
+    assert "could not grade: bob, carol, dave" in result.stdout
+    assert (root / "autograded" / "alice" / "toy" / "toy.ipynb").is_file()

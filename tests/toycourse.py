@@ -1,0 +1,108 @@
+"""A two-exercise course built on the fly, so the tooling is tested in seconds and apart from the real notebooks."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import nbformat
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cell(kind: str, source: str, **nbgrader) -> nbformat.NotebookNode:
+    make = nbformat.v4.new_code_cell if kind == "code" else nbformat.v4.new_markdown_cell
+    cell = make(textwrap.dedent(source).strip("\n"))
+    if nbgrader:
+        cell.metadata["nbgrader"] = {"schema_version": 3, "task": False, **nbgrader}
+    return cell
+
+
+def solution(gid: str, source: str):
+    return _cell("code", source, grade_id=gid, solution=True, grade=False, locked=False)
+
+
+def tests(gid: str, points: float, source: str):
+    return _cell("code", source, grade_id=gid, solution=False, grade=True, locked=True, points=points)
+
+
+def toy_notebook() -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        _cell("markdown", "# Toy assignment"),
+        _cell("code", "import numpy as np"),
+        solution("double", '''
+            def double(x):
+                """Twice x."""
+                ### BEGIN SOLUTION
+                return 2 * np.asarray(x)
+                ### END SOLUTION
+        '''),
+        tests("test_double", 2, '''
+            assert double(1) == 2, "double(1) should be 2"
+            ### BEGIN HIDDEN TESTS
+            assert np.allclose(double(np.arange(5)), np.arange(0, 10, 2)), "double must work elementwise"
+            ### END HIDDEN TESTS
+        '''),
+        solution("answer_quiz", '''
+            ### BEGIN SOLUTION
+            answer_quiz = {"b"}
+            ### END SOLUTION
+        '''),
+        tests("test_answer_quiz", 1, '''
+            assert isinstance(answer_quiz, set), "answer_quiz must be a set of letters"
+            ### BEGIN HIDDEN TESTS
+            assert answer_quiz == {"b"}, "not the right choice"
+            ### END HIDDEN TESTS
+        '''),
+    ]
+    return nb
+
+
+CATALOGUE = '''
+[[wrong]]
+id = "double/square"
+cell = "double"
+fails = ["test_double"]
+mistake = "Squares instead of doubling."
+code = """
+def double(x):
+    return np.asarray(x) ** 2
+"""
+
+[[wrong]]
+id = "double/scalar-only"
+cell = "double"
+fails = ["test_double"]
+mistake = "Works for 1 only."
+code = """
+def double(x):
+    return 2
+"""
+
+[[wrong]]
+id = "answer_quiz/a"
+cell = "answer_quiz"
+fails = ["test_answer_quiz"]
+mistake = "Picks a."
+code = 'answer_quiz = {"a"}'
+'''
+
+
+def make_toy_course(root: Path, *, release: bool = True) -> Path:
+    """Write a course with the single assignment `toy` under `root`; optionally generate its release."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "nbgrader_config.py", root / "nbgrader_config.py")
+    (root / "course.toml").write_text('[assignments.toy]\ntitle = "Toy"\nbudget_seconds = 30\n')
+    (root / "source" / "toy").mkdir(parents=True, exist_ok=True)
+    nbformat.write(toy_notebook(), str(root / "source" / "toy" / "toy.ipynb"))
+    (root / "tests" / "wrong_answers").mkdir(parents=True, exist_ok=True)
+    (root / "tests" / "wrong_answers" / "toy.toml").write_text(CATALOGUE)
+    if release:
+        from coursegrader.course import Course
+        from coursegrader.release import publish
+
+        publish(Course.load(root), ["toy"])
+    return root
