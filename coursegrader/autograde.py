@@ -28,10 +28,13 @@ def submissions(course: Course, aid: str) -> list[str]:
 
 def problem_with(course: Course, aid: str, student: str) -> str:
     """Why this submission cannot be graded, or '' if it can."""
+    folder = course.root / "submitted" / student / aid
     try:
-        read_notebook(course.root / "submitted" / student / aid / f"{aid}.ipynb")
+        read_notebook(folder / f"{aid}.ipynb")
     except CourseError as exc:
-        return str(exc).replace(str(course.root) + "/", "")
+        problem = str(exc).replace(str(course.root) + "/", "")
+        others = sorted(p.name for p in folder.glob("*.ipynb"))
+        return problem + (f" (the folder has {', '.join(others)}: renamed?)" if others else "")
     return ""
 
 

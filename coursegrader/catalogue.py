@@ -14,7 +14,7 @@ from pathlib import Path
 from nbformat import NotebookNode
 
 from .errors import CourseError
-from .notebooks import solution_cells, test_points
+from .notebooks import solution_cells, points_by_test_cell
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def load_catalogue(path: Path, assignment: str, source_nb: NotebookNode) -> list
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise CourseError(f"{path}: not valid TOML ({exc})") from None
-    solutions, tests = solution_cells(source_nb), test_points(source_nb)
+    solutions, tests = solution_cells(source_nb), points_by_test_cell(source_nb)
     entries, seen = [], set()
     for i, raw in enumerate(data.get("wrong", []), start=1):
         where = f"{path.name} entry {i} ({raw.get('id', '?')})"

@@ -18,7 +18,7 @@ from . import sampleclass
 from .course import Course
 from .grading import Grader, make_scratch_course
 from .notebooks import read_notebook
-from .release import find_leaks, out_of_sync
+from .release import differences, find_leaks
 from .table import fmt, render
 
 
@@ -35,7 +35,6 @@ class AssignmentReport:
 
 def run(course: Course, aids: list[str], exact: bool = False, workdir: Path | None = None) -> list[AssignmentReport]:
     """Grade the sample class of each assignment in a scratch course and check the release."""
-    sync = out_of_sync(course, aids)
     with tempfile.TemporaryDirectory(prefix="check-") as tmp:
         root = make_scratch_course(course, (workdir or Path(tmp)) / "course", aids)
         grader = Grader(course, root)
@@ -43,10 +42,11 @@ def run(course: Course, aids: list[str], exact: bool = False, workdir: Path | No
         reports = []
         with tqdm(total=sum(map(len, plans.values())), desc="grading", unit="nb", leave=False) as bar:
             for aid in aids:
-                grader.generate(aid)
+                grader.generate(aid)  # the scratch release doubles as the reference for the sync check
+                sync = differences(root / "release" / aid, course.root / "release" / aid)
                 results = sampleclass.grade(course, grader, plans[aid], progress=lambda s: bar.update())
                 verdict = sampleclass.verify(course, grader, aid, results)
-                verdict.problems.extend(f"release/{aid}/{d}" for d in sync[aid])
+                verdict.problems.extend(f"release/{aid}/{d}" for d in sync)
                 leaks = find_leaks(read_notebook(course.source_notebook(aid)), read_notebook(course.release_notebook(aid)))
                 verdict.problems.extend(f"release/{aid} leaks: {leak}" for leak in leaks)
                 budget = course.declared[aid].budget_seconds

@@ -63,7 +63,7 @@ def solution_cells(nb: NotebookNode) -> dict[str, NotebookNode]:
     return {grade_id(c): c for c in nb.cells if is_solution(c)}
 
 
-def test_points(nb: NotebookNode) -> dict[str, float]:
+def points_by_test_cell(nb: NotebookNode) -> dict[str, float]:
     """grade_id -> points of every autograded test cell, in notebook order."""
     return {grade_id(c): float(nbgrader_meta(c).get("points", 0)) for c in nb.cells if is_test(c)}
 

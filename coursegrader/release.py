@@ -61,11 +61,12 @@ def out_of_sync(course: Course, aids: list[str]) -> dict[str, list[str]]:
         grader = Grader(course, scratch)
         for aid in aids:
             grader.generate(aid)
-            report[aid] = _differences(scratch / "release" / aid, course.root / "release" / aid)
+            report[aid] = differences(scratch / "release" / aid, course.root / "release" / aid)
     return report
 
 
-def _differences(fresh: Path, committed: Path) -> list[str]:
+def differences(fresh: Path, committed: Path) -> list[str]:
+    """Files of the committed release folder that differ from a freshly generated one."""
     if not committed.is_dir():
         return ["release folder missing"]
     diffs = []
