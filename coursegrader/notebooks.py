@@ -73,16 +73,17 @@ def strip_markers(source: str) -> str:
     return "\n".join(line for line in source.splitlines() if not any(m in line for m in MARKERS))
 
 
-def region_lines(source: str, begin: str, end: str) -> Iterator[str]:
-    """The lines strictly between `begin` and `end` marker lines."""
-    inside = False
+def split_regions(source: str) -> tuple[list[str], list[str]]:
+    """(secret, public) lines of a cell: inside solution / hidden-test regions, and outside them."""
+    secret, public, inside = [], [], False
     for line in source.splitlines():
-        if begin in line:
+        if any(line.strip().endswith(m) for m in (SOLUTION[0], HIDDEN_TESTS[0])):
             inside = True
-        elif end in line:
+        elif any(line.strip().endswith(m) for m in (SOLUTION[1], HIDDEN_TESTS[1])):
             inside = False
-        elif inside:
-            yield line
+        else:
+            (secret if inside else public).append(line)
+    return secret, public
 
 
 def with_answers(nb: NotebookNode, answers: Mapping[str, str]) -> NotebookNode:

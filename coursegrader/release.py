@@ -10,7 +10,7 @@ from nbformat import NotebookNode
 
 from .course import Course
 from .grading import Grader, make_scratch_course
-from .notebooks import HIDDEN_TESTS, MARKERS, SOLUTION, read_notebook, region_lines
+from .notebooks import MARKERS, read_notebook, split_regions
 
 # A secret line shorter than this (once stripped) is too generic to call a leak: `return x`, `else:`.
 MIN_SECRET_CHARS = 12
@@ -20,9 +20,9 @@ def secret_lines(source_nb: NotebookNode) -> set[str]:
     """Stripped lines of solutions and hidden tests that appear nowhere else in the source notebook."""
     secret, public = set(), set()
     for cell in source_nb.cells:
-        inside = set(region_lines(cell.source, *SOLUTION)) | set(region_lines(cell.source, *HIDDEN_TESTS))
+        inside, outside = split_regions(cell.source)
         secret |= {line.strip() for line in inside}
-        public |= {line.strip() for line in cell.source.splitlines() if line not in inside}
+        public |= {line.strip() for line in outside}
     return {line for line in secret - public if len(line) >= MIN_SECRET_CHARS}
 
 

@@ -47,6 +47,18 @@ def test_missing_notebook(tmp_path):
         read_notebook(tmp_path / "nope.ipynb")
 
 
+def test_a_line_both_visible_and_hidden_is_not_secret():
+    from coursegrader.notebooks import split_regions
+
+    src = "import warnings\nassert f(1) == 2, 'msg'\n### BEGIN HIDDEN TESTS\nimport warnings\nassert f(3) == 6, 'hidden'\n### END HIDDEN TESTS"
+    secret, public = split_regions(src)
+    assert secret == ["import warnings", "assert f(3) == 6, 'hidden'"]
+    assert public == ["import warnings", "assert f(1) == 2, 'msg'"]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src)]
+    assert secret_lines(nb) == {"assert f(3) == 6, 'hidden'"}
+
+
 def test_strip_markers_keeps_the_solution():
     src = "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION"
     assert strip_markers(src) == "def f():\n    return 1"
