@@ -25,7 +25,7 @@ def cmd_release(course: Course, args: argparse.Namespace) -> int:
 def cmd_check(course: Course, args: argparse.Namespace) -> int:
     from . import check
 
-    reports = check.run(course, course.resolve(args.assignments), exact=args.exact)
+    reports = check.run(course, course.resolve(args.assignments), exact=args.exact, jobs=args.jobs)
     print(check.format_report(reports))
     return 0 if all(r.ok for r in reports) else 1
 
@@ -59,6 +59,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check", help="prove that every assignment grades as it should")
     s.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: every assignment")
     s.add_argument("--exact", action="store_true", help="grade every wrong answer alone (slower, no grouping)")
+    s.add_argument("--jobs", type=int, help="assignments checked at once (default: the number of CPU cores)")
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("demo", help="autograde, give feedback to and export a sample class, in demo/")
