@@ -31,12 +31,15 @@ def cmd_check(course: Course, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(course: Course, args: argparse.Namespace) -> int:
-    from . import demo
+    from . import demo, sampleclass
 
     dest = Path(args.dest).resolve() if args.dest else course.root / "demo"
     results, csv = demo.run(course, course.resolve(args.assignments), dest)
     print(demo.format_report(results, csv, dest))
-    return 0 if all(res.ok for _, res in results) else 1
+    unexpected = [f"{sub.assignment}/{sub.student}" for sub, res in results if not sampleclass.as_expected(sub, res)]
+    if unexpected:
+        print(f"NOT as expected: {', '.join(unexpected)} (run `coursegrader check` for the details)")
+    return 1 if unexpected else 0
 
 
 def cmd_autograde(course: Course, args: argparse.Namespace) -> int:

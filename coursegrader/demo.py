@@ -7,6 +7,7 @@ export, then prints the scores and where to find the grades and the feedback.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from tqdm import tqdm
@@ -33,6 +34,19 @@ def run(course: Course, aids: list[str], dest: Path) -> tuple[list[tuple[samplec
     return results, csv
 
 
+def write_mistakes(results: list[tuple[sampleclass.Submission, GradeResult]], path: Path) -> Path:
+    """One row per wrong answer handed in: who, which catalogue entry, what it is, where it should and did cost."""
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["assignment", "student", "wrong_answer", "mistake", "should_lose", "lost", "as_catalogued"])
+        for sub, res in results:
+            for w in sub.wrong:
+                lost = sorted(res.lost & w.fails)
+                out.writerow([sub.assignment, sub.student, w.id, w.mistake, " ".join(sorted(w.fails)), " ".join(lost),
+                              "yes" if sampleclass.as_expected(sub, res) else "no"])
+    return path
+
+
 def format_report(results: list[tuple[sampleclass.Submission, GradeResult]], csv: Path, root: Path) -> str:
     aids = list(dict.fromkeys(sub.assignment for sub, _ in results))
     students = list(dict.fromkeys(sub.student for sub, _ in results))
@@ -45,15 +59,14 @@ def format_report(results: list[tuple[sampleclass.Submission, GradeResult]], csv
         return "FAILED" if not res.ok else f"{fmt(res.score)}/{fmt(res.max_score)}"
 
     lines = ["Scores (student x assignment):", render(["student", *aids], [[s, *(cell(s, a) for a in aids)] for s in students])]
-    lines.append("\nWhere the mistakes lost points (expected: the cells the catalogue names):")
+    lines.append("\nWhere the mistakes lost points (each must lose exactly the cells its catalogue entries name):")
     rows = []
     for sub, res in results:
-        if not sub.wrong:
-            continue
-        as_expected = res.ok and res.lost == sub.expected_lost
-        rows.append([sub.assignment, sub.student, ", ".join(w.id for w in sub.wrong),
-                     ", ".join(sorted(res.lost)) or "-", "yes" if as_expected else "NO"])
-    lines.append(render(["assignment", "student", "wrong answers handed in", "cells that lost points", "as catalogued"], rows))
-    lines += ["", f"Grades (CSV):   {csv}", f"Feedback (HTML): {root / 'feedback'}/<student>/<assignment>/<assignment>.html",
+        if sub.wrong:
+            rows.append([sub.assignment, sub.student, len(sub.wrong), f"{len(res.lost)} of {len(res.cells)}",
+                         "yes" if sampleclass.as_expected(sub, res) else "NO"])
+    lines.append(render(["assignment", "student", "wrong answers", "test cells that lost points", "as catalogued"], rows))
+    lines += ["", f"Which mistake each student made, and its cost: {write_mistakes(results, root / 'mistakes.csv')}",
+              f"Grades (CSV):   {csv}", f"Feedback (HTML): {root / 'feedback'}/<student>/<assignment>/<assignment>.html",
               f"Autograded notebooks: {root / 'autograded'}"]
     return "\n".join(lines)

@@ -29,6 +29,15 @@ class Submission:
         return frozenset().union(*(w.fails for w in self.wrong))
 
 
+def as_expected(sub: Submission, res: GradeResult) -> bool:
+    """Did the submission score what it should: full marks, zero, or lose exactly its catalogued cells?"""
+    if not res.ok:
+        return False
+    if sub.blank:
+        return res.score == 0
+    return res.lost == sub.expected_lost
+
+
 def reference_answers(source_nb) -> dict[str, str]:
     """Each solution cell's code as a student who solved it would hand it in (no nbgrader markers)."""
     return {gid: strip_markers(cell.source) for gid, cell in solution_cells(source_nb).items()}

@@ -206,3 +206,17 @@ def test_autograde_grades_good_and_names_broken_submissions(tmp_path):
     assert "notebook not found" in lines["dave"]
     assert "could not grade: bob, carol, dave" in result.stdout
     assert (root / "autograded" / "alice" / "toy" / "toy.ipynb").is_file()
+
+
+def test_demo_grades_gives_feedback_and_exports(tmp_path):
+    root = make_toy_course(tmp_path / "c")
+    result = run_cli(root, "demo")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reference   3/3" in result.stdout and "blank       0/3" in result.stdout
+    demo = root / "demo"
+    grades = (demo / "grades.csv").read_text().splitlines()
+    assert len(grades) == 1 + 4 and grades[1].startswith("toy,") and "reference" in grades[1]
+    for student in ("reference", "blank", "mistakes-1", "mistakes-2"):
+        assert (demo / "feedback" / student / "toy" / "toy.html").is_file(), f"no feedback for {student}"
+    mistakes = (demo / "mistakes.csv").read_text().splitlines()
+    assert len(mistakes) == 1 + 3 and all(line.endswith(",yes") for line in mistakes[1:])
