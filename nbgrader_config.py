@@ -28,3 +28,11 @@ c.ClearSolutions.code_stub = {
     )
 }
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+
+# Feedback shows students which test failed and its message, never the hidden tests' code
+# (coursegrader/feedback.py; nbgrader alone renders them, its issues 917 and 1363).
+c.GenerateFeedback.preprocessors = [
+    "nbgrader.preprocessors.GetGrades",
+    "coursegrader.feedback.HideHiddenTests",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+]

@@ -3,7 +3,8 @@
 For each assignment: (1) the reference solution gets full marks, (2) the blank release gets 0 and
 autograde does not crash, (3) every catalogued wrong answer loses points on exactly the test cells it
 names, (4) release/ is what nbgrader generates from source/ and leaks nothing, (5) the solution notebook
-runs within its time budget. Everything is graded in a scratch course; the real gradebook is not touched.
+runs within its time budget, (6) the feedback of every sample student shows no hidden test.
+Everything is graded in a scratch course; the real gradebook is not touched.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from . import sampleclass
 from .course import Course
+from .feedback import feedback_leaks
 from .grading import Grader, GradeResult, make_scratch_course
 from .notebooks import read_notebook
 from .release import differences, find_leaks
@@ -58,6 +60,13 @@ def check_assignment(course_root: Path, aid: str, exact: bool, workdir: Path, re
     plan = sampleclass.plan(course, aid, exact)
     results = [(plan[0], reference)] + sampleclass.grade(course, grader, plan[1:], progress=lambda s: progress())
     verdict = sampleclass.verify(course, grader, aid, results)
+    grader.feedback(aid)
+    source_nb = read_notebook(course.source_notebook(aid))
+    for page in sorted((root / "feedback").glob(f"*/{aid}/*.html")):
+        student = page.parts[-3]
+        submitted = read_notebook(root / "submitted" / student / aid / f"{aid}.ipynb")
+        verdict.problems.extend(f"feedback of {student} shows a hidden test: '{line}'"
+                                for line in feedback_leaks(source_nb, page.read_text(encoding="utf-8"), submitted))
     verdict.problems.extend(f"release/{aid}/{d}" for d in differences(root / "release" / aid, course.root / "release" / aid))
     leaks = find_leaks(read_notebook(course.source_notebook(aid)), read_notebook(course.release_notebook(aid)))
     verdict.problems.extend(f"release/{aid} leaks: {leak}" for leak in leaks)

@@ -208,6 +208,26 @@ def test_autograde_grades_good_and_names_broken_submissions(tmp_path):
     assert (root / "autograded" / "alice" / "toy" / "toy.ipynb").is_file()
 
 
+def test_feedback_hides_hidden_tests_but_keeps_the_message(tmp_path):
+    from coursegrader.feedback import HIDDEN_NOTE, short_error, visible_part
+
+    src = "assert f(1) == 2, 'visible'\n### BEGIN HIDDEN TESTS\nassert f(3) == 6, 'secret'\n### END HIDDEN TESTS"
+    assert visible_part(src) == "assert f(1) == 2, 'visible'\n" + HIDDEN_NOTE
+    err = nbformat.v4.new_output("error", ename="AssertionError", evalue="f(3) should be 6",
+                                 traceback=["\x1b[0;31m---> 3 assert f(3) == 6, 'secret'", "AssertionError: f(3) should be 6"])
+    assert short_error(err).traceback == ["AssertionError: f(3) should be 6"]
+
+
+def test_check_catches_feedback_that_shows_hidden_tests(tmp_path):
+    """The negative control: with nbgrader's own feedback preprocessors the hidden tests show, and check says so."""
+    root = make_toy_course(tmp_path / "c")
+    config = root / "nbgrader_config.py"
+    config.write_text(config.read_text().split("c.GenerateFeedback.preprocessors")[0])
+    (report,) = check.run(Course.load(root), ["toy"])
+    assert any("shows a hidden test" in p and "np.arange(0, 10, 2)" in p for p in report.verdict.problems), \
+        report.verdict.problems
+
+
 def test_demo_grades_gives_feedback_and_exports(tmp_path):
     root = make_toy_course(tmp_path / "c")
     result = run_cli(root, "demo")
@@ -218,5 +238,8 @@ def test_demo_grades_gives_feedback_and_exports(tmp_path):
     assert len(grades) == 1 + 4 and grades[1].startswith("toy,") and "reference" in grades[1]
     for student in ("reference", "blank", "mistakes-1", "mistakes-2"):
         assert (demo / "feedback" / student / "toy" / "toy.html").is_file(), f"no feedback for {student}"
+    page = (demo / "feedback" / "mistakes-1" / "toy" / "toy.html").read_text()
+    assert "np.arange(0, 10, 2)" not in page, "the feedback shows a hidden test"
+    assert "AssertionError: double(1) should be 2" in page, "the feedback must say which test failed and why"
     mistakes = (demo / "mistakes.csv").read_text().splitlines()
     assert len(mistakes) == 1 + 3 and all(line.endswith(",yes") for line in mistakes[1:])

@@ -1,0 +1,71 @@
+"""Feedback that tells students which test failed and why, without showing them the hidden tests.
+
+nbgrader's feedback HTML renders the autograded notebook as it is: test cells carry their hidden tests,
+and IPython tracebacks quote the failing line (nbgrader issues 917 and 1363). This preprocessor, run by
+`generate_feedback` (see nbgrader_config.py), keeps a test cell's visible tests, replaces its hidden part
+by one comment, and shortens every error in a test cell to its type and message.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+from nbconvert.exporters.exporter import ResourcesDict
+from nbformat import NotebookNode
+from nbgrader.preprocessors import NbGraderPreprocessor
+
+from .notebooks import HIDDEN_TESTS, is_test
+
+HIDDEN_NOTE = "# (hidden tests ran here; their code is not shown in feedback)"
+
+
+def visible_part(source: str) -> str:
+    """The test cell's source up to its hidden tests, with a note where they were."""
+    lines = source.splitlines()
+    cut = next((i for i, line in enumerate(lines) if HIDDEN_TESTS[0] in line), None)
+    if cut is None:
+        return source
+    return "\n".join(lines[:cut] + [HIDDEN_NOTE])
+
+
+def short_error(output: NotebookNode) -> NotebookNode:
+    """An error output reduced to `Type: message`: the message is for the student, the code context is not."""
+    output.traceback = [f"{output.ename}: {output.evalue}" if output.evalue else output.ename]
+    return output
+
+
+class HideHiddenTests(NbGraderPreprocessor):
+    """Strip hidden tests and tracebacks from test cells before feedback is rendered."""
+
+    def preprocess_cell(self, cell: NotebookNode, resources: ResourcesDict, index: int) -> tuple[NotebookNode, ResourcesDict]:
+        if is_test(cell):
+            cell.source = visible_part(cell.source)
+            cell.outputs = [short_error(o) if o.output_type == "error" else o for o in cell.get("outputs", [])]
+        return cell, resources
+
+
+def hidden_test_lines(source_nb: NotebookNode, min_chars: int = 12) -> set[str]:
+    """Stripped lines that occur only inside hidden tests (not in visible tests, solutions or given code)."""
+    hidden, elsewhere = set(), set()
+    for cell in source_nb.cells:
+        inside = False
+        for line in cell.source.splitlines():
+            if HIDDEN_TESTS[0] in line:
+                inside = True
+            elif HIDDEN_TESTS[1] in line:
+                inside = False
+            else:
+                (hidden if inside else elsewhere).add(line.strip())
+    return {line for line in hidden - elsewhere if len(line) >= min_chars}
+
+
+def feedback_leaks(source_nb: NotebookNode, feedback_html: str, submitted_nb: NotebookNode) -> list[str]:
+    """Hidden-test lines that a feedback page shows and the student did not write themselves.
+
+    The page is read as text (tags stripped, entities unescaped), so syntax highlighting cannot hide a line.
+    """
+    text = html.unescape(re.sub(r"<[^>]+>", "", feedback_html))
+    shown = {line.strip() for line in text.splitlines()}
+    own = {line.strip() for cell in submitted_nb.cells for line in cell.source.splitlines()}
+    return sorted(hidden_test_lines(source_nb) & shown - own)
