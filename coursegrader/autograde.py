@@ -6,8 +6,6 @@ nbgrader traceback; the command exits non-zero naming every student who could no
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tqdm import tqdm
 
 from .course import Course
@@ -29,11 +27,12 @@ def submissions(course: Course, aid: str) -> list[str]:
 def problem_with(course: Course, aid: str, student: str) -> str:
     """Why this submission cannot be graded, or '' if it can."""
     folder = course.root / "submitted" / student / aid
+    expected = folder / f"{aid}.ipynb"
     try:
-        read_notebook(folder / f"{aid}.ipynb")
+        read_notebook(expected)
     except CourseError as exc:
         problem = str(exc).replace(str(course.root) + "/", "")
-        others = sorted(p.name for p in folder.glob("*.ipynb"))
+        others = sorted(p.name for p in folder.glob("*.ipynb")) if not expected.exists() else []
         return problem + (f" (the folder has {', '.join(others)}: renamed?)" if others else "")
     return ""
 

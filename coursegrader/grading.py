@@ -66,16 +66,19 @@ def last_error_line(log: str) -> str:
     return (exceptions or errors or lines or ["failed without a message"])[-1]
 
 
+# nbgrader 0.9.6's gradebook triggers SQLAlchemy autoflush warnings on every autograde; they are harmless.
+warnings.filterwarnings("ignore", category=SAWarning)
+
+
 @contextmanager
 def kernel_noise_silenced() -> Iterator[None]:
     """Send file descriptor 2 to /dev/null while nbgrader works.
 
-    Kernels inherit our stderr and print start-up warnings into the TA's terminal, and nbgrader's
-    gradebook emits SQLAlchemy warnings; everything that matters is in the log nbgrader's API captures.
+    Kernels inherit our stderr and print start-up warnings into the TA's terminal; everything that
+    matters is in the log that nbgrader's API captures for each run.
     """
     sys.stderr.flush()
     saved = os.dup(2)
-    warnings.filterwarnings("ignore", category=SAWarning)  # nbgrader 0.9.6's gradebook autoflush; harmless
     with open(os.devnull, "w") as null:
         os.dup2(null.fileno(), 2)
     try:

@@ -187,15 +187,15 @@ def test_autograde_grades_good_and_names_broken_submissions(tmp_path):
     root = make_toy_course(tmp_path / "c")
     course = Course.load(root)
     good = root / "submitted" / "alice" / "toy" / "toy.ipynb"
-    sampleclass_sub = sampleclass.Submission("alice", "toy")
     # alice hands in the solution; bob broken JSON; carol JSON that is not a notebook; dave nothing.
-    from coursegrader.grading import make_scratch_course  # noqa: F401  (import check only)
-    sampleclass.hand_in(course, root, sampleclass_sub)
+    sampleclass.hand_in(course, root, sampleclass.Submission("alice", "toy"))
     assert good.is_file()
     for student, content in [("bob", '{"cells": ['), ("carol", '{"hello": 1}')]:
         (root / "submitted" / student / "toy").mkdir(parents=True)
         (root / "submitted" / student / "toy" / "toy.ipynb").write_text(content)
     (root / "submitted" / "dave" / "toy").mkdir(parents=True)
+    (root / "submitted" / "erin" / "toy").mkdir(parents=True)
+    shutil.copy2(good, root / "submitted" / "erin" / "toy" / "toy (1).ipynb")  # renamed by the browser
     shutil.rmtree(root / "release")  # autograde must not need release/: it registers the assignment itself
     result = run_cli(root, "autograde", "toy")
     assert result.returncode == 1, result.stdout + result.stderr
@@ -203,8 +203,10 @@ def test_autograde_grades_good_and_names_broken_submissions(tmp_path):
     assert "ok" in lines["alice"] and lines["alice"].split()[1:3] == ["3", "3"]
     assert "not valid JSON" in lines["bob"]
     assert "not a Jupyter notebook" in lines["carol"]
-    assert "notebook not found" in lines["dave"]
-    assert "could not grade: bob, carol, dave" in result.stdout
+    assert "notebook not found" in lines["dave"] and "renamed?" not in lines["dave"]
+    assert "renamed?" not in lines["carol"], "an invalid notebook under the right name is not a renamed one"
+    assert "notebook not found" in lines["erin"] and "toy (1).ipynb: renamed?" in lines["erin"]
+    assert "could not grade: bob, carol, dave, erin" in result.stdout
     assert (root / "autograded" / "alice" / "toy" / "toy.ipynb").is_file()
 
 
