@@ -46,8 +46,10 @@ def cmd_autograde(course: Course, args: argparse.Namespace) -> int:
     from . import autograde
 
     (aid,) = course.resolve([args.assignment])
-    results = autograde.run(course, aid, args.student or None)
+    results = autograde.run(course, aid, args.student or None, sandbox=not args.no_sandbox)
     print(autograde.format_report(results))
+    grades, findings = autograde.save_reports(results, course.root / "reports" / aid)
+    print(f"\nSaved: {grades.relative_to(course.root)}, {findings.relative_to(course.root)}")
     return 0 if all(r.ok for r in results) else 1
 
 
@@ -73,6 +75,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("autograde", help="autograde the submissions in submitted/ for one assignment")
     s.add_argument("assignment", metavar="ASSIGNMENT")
     s.add_argument("--student", action="append", help="grade only this student (repeatable)")
+    s.add_argument("--no-sandbox", action="store_true", help="run student code without bubblewrap (not recommended)")
     s.set_defaults(func=cmd_autograde)
     return p
 

@@ -19,12 +19,16 @@ from pathlib import Path
 
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.apps import NbGraderAPI
+from nbgrader.converters import Autograde
 from nbgrader.coursedir import CourseDirectory
 from nbgrader.plugins import CsvExportPlugin
+from nbgrader.preprocessors import Execute
 from sqlalchemy.exc import SAWarning
 
 from .course import CONFIG_FILE, Course
 from .errors import CourseError
+from .execution import GuardedExecute, read_findings
+from .sandbox import Sandbox, unavailable_reason
 
 
 @dataclass
@@ -36,6 +40,8 @@ class GradeResult:
     seconds: float
     error: str = ""  # empty when autograde succeeded
     cells: dict[str, tuple[float, float]] = field(default_factory=dict)
+    findings: list[dict] = field(default_factory=list)  # {"cell", "kind": "tamper" | "failure", "finding"}
+    notes: list[str] = field(default_factory=list)  # graded, but a TA may want to know (extra files, ...)
 
     @property
     def ok(self) -> bool:
@@ -48,6 +54,10 @@ class GradeResult:
     @property
     def max_score(self) -> float:
         return sum(m for _, m in self.cells.values())
+
+    @property
+    def tampering(self) -> list[dict]:
+        return [f for f in self.findings if f["kind"] == "tamper"]
 
     @property
     def lost(self) -> set[str]:
@@ -96,16 +106,58 @@ def use_this_environment() -> None:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
-class Grader:
-    """nbgrader's API on one course root (the real course, or a scratch copy of it)."""
+_warned: set[str] = set()
 
-    def __init__(self, course: Course, root: Path):
+
+def warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        print(f"coursegrader: warning: {message}", file=sys.stderr)
+
+
+def guarded(config) -> None:
+    """Autograde with GuardedExecute in place of nbgrader's Execute (see execution.py)."""
+    default = Autograde.class_traits()["autograde_preprocessors"].make_dynamic_default()
+    config.Autograde.autograde_preprocessors = [GuardedExecute if p is Execute else p for p in default]
+
+
+class Grader:
+    """nbgrader's API on one course root (the real course, or a scratch copy of it).
+
+    Autograding always runs through GuardedExecute, and in a bubblewrap sandbox unless `sandbox` is
+    False or the machine cannot provide one; either way without a sandbox, one warning line says so.
+    """
+
+    def __init__(self, course: Course, root: Path, sandbox: bool = True):
         use_this_environment()
         self.course = course
         self.root = root
         self.config = course.nbgrader_config(root)
+        guarded(self.config)
+        self.sandbox: Sandbox | None = None
+        reason = unavailable_reason() if sandbox else "--no-sandbox"
+        if reason:
+            warn_once(f"grading WITHOUT a sandbox ({reason}): student code runs with your permissions")
+        else:
+            self._sandbox_dir = tempfile.TemporaryDirectory(prefix="coursegrader-sandbox-")
+            autograded = Path(root) / CourseDirectory(config=self.config).autograded_directory
+            self.sandbox = Sandbox(Path(self._sandbox_dir.name), writable_under=autograded)
+            self.sandbox.configure(self.config)
         self.coursedir = CourseDirectory(config=self.config)
         self.api = NbGraderAPI(coursedir=self.coursedir, config=self.config)
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.sandbox is not None
+
+    @contextmanager
+    def _grading(self) -> Iterator[None]:
+        with kernel_noise_silenced():
+            if self.sandbox is None:
+                yield
+            else:
+                with self.sandbox.active():
+                    yield
 
     @property
     def db_url(self) -> str:
@@ -136,12 +188,26 @@ class Grader:
 
     def autograde(self, aid: str, student: str) -> GradeResult:
         start = time.perf_counter()
-        with kernel_noise_silenced():
+        with self._grading():
             result = self.api.autograde(aid, student, force=True, create=True)
         seconds = time.perf_counter() - start
         if not result["success"]:
             return GradeResult(student, aid, seconds, error=last_error_line(result.get("log", "")))
-        return GradeResult(student, aid, seconds, cells=self.scores(aid, student))
+        folder = Path(self.root) / self.coursedir.autograded_directory / student / aid
+        findings = [f for nb in sorted(folder.glob("*.ipynb")) for f in read_findings(nb)]
+        return GradeResult(student, aid, seconds, cells=self.scores(aid, student), findings=findings)
+
+    def record_ungraded(self, aid: str, student: str) -> None:
+        """Give a submission that cannot be graded a row of zeros in the gradebook, as nbgrader does for a
+        missing notebook, so exports and the formgrader show the student instead of leaving them out."""
+        with kernel_noise_silenced(), Gradebook(self.db_url) as gb:
+            gb.update_or_create_student(student)
+            submission = gb.update_or_create_submission(aid, student)
+            for notebook in submission.notebooks:
+                for grade in notebook.grades:
+                    grade.auto_score = 0
+                    grade.needs_manual_grade = False
+            gb.db.commit()
 
     def scores(self, aid: str, student: str) -> dict[str, tuple[float, float]]:
         """grade_id -> (score, max score) for every graded cell of the student's submission."""

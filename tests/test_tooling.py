@@ -203,9 +203,9 @@ def test_autograde_grades_good_and_names_broken_submissions(tmp_path):
     assert "ok" in lines["alice"] and lines["alice"].split()[1:3] == ["3", "3"]
     assert "not valid JSON" in lines["bob"]
     assert "not a Jupyter notebook" in lines["carol"]
-    assert "notebook not found" in lines["dave"] and "renamed?" not in lines["dave"]
+    assert "toy.ipynb is missing" in lines["dave"] and "renamed?" not in lines["dave"]
     assert "renamed?" not in lines["carol"], "an invalid notebook under the right name is not a renamed one"
-    assert "notebook not found" in lines["erin"] and "toy (1).ipynb: renamed?" in lines["erin"]
+    assert "toy.ipynb is missing" in lines["erin"] and "toy (1).ipynb: renamed?" in lines["erin"]
     assert "could not grade: bob, carol, dave, erin" in result.stdout
     assert (root / "autograded" / "alice" / "toy" / "toy.ipynb").is_file()
 

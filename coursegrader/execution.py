@@ -1,0 +1,240 @@
+"""nbgrader's Execute preprocessor, made safe to run on students' code.
+
+nbgrader 0.9.6 gives up on a whole submission when the kernel dies or stops answering (`os._exit`, a
+segfault, a loop that ignores interrupts), stores every byte a cell prints, and awards a test cell's
+points whenever the cell shows no error, even if its code never ran. `GuardedExecute` keeps nbgrader's
+behaviour for honest notebooks (same cells, same order, same outputs, so the same grades) and adds:
+
+- **a dead or stuck kernel costs the cell that caused it**: the cell gets an error output saying what
+  happened, and the notebook is run again from the top in a fresh kernel without that cell, so every
+  other cell is graded on its merits (at most `max_restarts` times; then the rest is marked not run);
+- **a time limit for the whole notebook** (`notebook_timeout`): cells after it are marked not run;
+- **proof that each graded test cell ran, untampered** (see integrity.py): a test cell that did not run,
+  was rewritten, or ran after the student patched what tests rely on gets an `IntegrityError` output,
+  so nbgrader gives it 0 points like any failed test;
+- **outputs capped in bytes** while they arrive, so a 30 MB print reaches neither the autograded
+  notebook nor the feedback; errors and results are kept (they are what the grade is made of).
+
+Findings are written next to the autograded notebook as `<notebook>.integrity.json`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+from jupyter_core.utils import run_sync
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from nbformat import NotebookNode
+from nbgrader.preprocessors import Execute
+from traitlets import Integer
+
+from . import integrity
+from .notebooks import is_test
+
+INTEGRITY_SUFFIX = ".integrity.json"
+
+
+class KernelStopped(Exception):
+    """The kernel died or stopped answering while a cell ran."""
+
+
+def error_output(ename: str, evalue: str) -> NotebookNode:
+    return NotebookNode(output_type="error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
+
+
+def _size(output: NotebookNode) -> int:
+    if output.get("output_type") == "stream":
+        return len(output.get("text", ""))
+    return sum(len(v) if isinstance(v, str) else len(json.dumps(v)) for v in output.get("data", {}).values())
+
+
+class GuardedExecute(Execute):
+    """Execute with restarts after kernel deaths, a notebook time limit, tamper checks and output caps."""
+
+    notebook_timeout = Integer(900, help="seconds for the whole notebook, restarts included").tag(config=True)
+    max_restarts = Integer(3, help="fresh kernels after deaths or hangs before the rest is not run").tag(config=True)
+    max_stream_bytes = Integer(100_000, help="printed text kept per cell").tag(config=True)
+    max_output_bytes = Integer(2_000_000, help="outputs kept per cell (figures included)").tag(config=True)
+    max_message_chars = Integer(10_000, help="characters kept of an error message or a result").tag(config=True)
+    probe_timeout = Integer(30, help="seconds the kernel has to answer an integrity probe").tag(config=True)
+
+    # --- the notebook: run, and run again without a cell that stopped the kernel -----------------
+    def preprocess(self, nb: NotebookNode, resources: dict, km=None) -> tuple[NotebookNode, dict]:
+        pristine = copy.deepcopy(nb)
+        self.stopped: dict[int, NotebookNode] = {}  # cell index -> the error output it gets instead of running
+        self.findings: list[dict] = []
+        self._cell_bytes, self._truncated = 0, False
+        self.deadline = time.monotonic() + self.notebook_timeout
+        while True:
+            self.current: int | None = None
+            self.baseline: integrity.Probe | None = None
+            self.baseline_problem = ""  # why the first probe failed: then no test cell can be trusted
+            self.exit_code: int | None = None
+            self.watched = integrity.watched_modules([c.source for c in pristine.cells if c.cell_type == "code"])
+            try:
+                nb, resources = super().preprocess(copy.deepcopy(pristine), resources, km)
+                break
+            except (DeadKernelError, CellTimeoutError, KernelStopped, RuntimeError) as exc:
+                if self.current is None:  # the kernel never started: a grader problem, not the student's
+                    raise
+                what = self._why_stopped(exc)
+                self.stopped[self.current] = error_output("KernelStopped", what)
+                self._record(pristine.cells[self.current], self.current, what, kind="failure")
+                if len(self.stopped) > self.max_restarts:
+                    self.deadline = 0  # run nothing more: the remaining cells are marked not run
+        self._save_findings(resources)
+        return nb, resources
+
+    async def _async_check_alive(self) -> None:
+        try:
+            await super()._async_check_alive()
+        except DeadKernelError:
+            try:
+                self.exit_code = self.km.provisioner.process.poll()
+            except AttributeError:
+                pass
+            raise
+
+    def _why_stopped(self, exc: Exception) -> str:
+        code = self.exit_code
+        if isinstance(exc, CellTimeoutError) or "timed out" in str(exc).lower() or "timeout" in str(exc).lower():
+            return (f"this cell did not finish within {self.timeout} s and the kernel did not stop when "
+                    "interrupted; the notebook was graded again without it")
+        detail = f" (exit code {code})" if code not in (None, 0) else ""
+        signal_number = -code if code is not None and code < 0 else code - 128 if code and code > 128 else None
+        if signal_number:  # bwrap reports a child killed by signal N as exit code 128 + N
+            detail = f" (killed by signal {signal_number}{', a segmentation fault' if signal_number == 11 else ''})"
+        return f"the kernel died while running this cell{detail}; the notebook was graded again without it"
+
+    # --- one cell -------------------------------------------------------------------------------
+    def preprocess_cell(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
+        if cell.cell_type != "code":
+            return cell, resources
+        if self.baseline is None and not self.baseline_problem:
+            try:
+                self.baseline = self._probe(import_them=True)
+            except ValueError as exc:
+                self.baseline_problem = f"before the first cell: {exc}"
+        if index in self.stopped:
+            cell.outputs = [self.stopped[index]]
+            return cell, resources
+        if time.monotonic() > self.deadline:
+            if cell.source.strip():
+                cell.outputs = [error_output("NotRun", "not run: the notebook used up its time limit "
+                                             f"({self.notebook_timeout} s) or stopped the kernel too often")]
+                if is_test(cell):
+                    self._record(cell, index, "not run (time limit or repeated kernel deaths)", kind="failure")
+            return cell, resources
+        self.current = index
+        self._cell_bytes = 0
+        self._truncated = False
+        if is_test(cell) and cell.source.strip():
+            before = self._probe_or_flag(cell, index)
+            cell, resources = super().preprocess_cell(cell, resources, index)
+            after = self._probe_or_flag(cell, index)
+            if self.baseline_problem:
+                self._flag(cell, index, [self.baseline_problem])
+            elif before and after:
+                problems = [integrity.rewritten(cell.source, before, after), *integrity.changes(self.baseline, after),
+                            *integrity.foreign_modules(self.baseline)]
+                self._flag(cell, index, [p for p in problems if p])
+        else:
+            cell, resources = super().preprocess_cell(cell, resources, index)
+        self._after_timeout_check(cell)
+        self._shorten(cell)
+        return cell, resources
+
+    def _after_timeout_check(self, cell: NotebookNode) -> None:
+        """A timed-out cell was interrupted; if the kernel is still busy, treat it as stopped."""
+        if any(o.get("output_type") == "error" and o.get("ename") == "CellTimeoutError" for o in cell.outputs):
+            try:
+                self._probe(timeout=10)
+            except Exception as exc:
+                raise KernelStopped(f"timed out and unresponsive: {exc}") from None
+
+    # --- integrity --------------------------------------------------------------------------------
+    async def _async_probe(self, import_them: bool = False, timeout: int | None = None) -> integrity.Probe:
+        expression = integrity.probe_expression(self.watched, import_them)
+        msg_id = self.kc.execute("", silent=True, store_history=False, user_expressions={"probe": expression})
+        deadline = time.monotonic() + (timeout or self.probe_timeout)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise KernelStopped("the kernel did not answer the integrity probe")
+            try:
+                msg = await self.kc.shell_channel.get_msg(timeout=remaining)
+            except Exception:
+                if not await self.kc.is_alive():
+                    raise DeadKernelError("Kernel died") from None
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return integrity.Probe.from_reply(msg)
+
+    _probe = run_sync(_async_probe)
+
+    def _probe_or_flag(self, cell: NotebookNode, index: int) -> integrity.Probe | None:
+        try:
+            return self._probe()
+        except ValueError as exc:  # the probe ran but could not report: something it relies on is broken
+            self._flag(cell, index, [str(exc)])
+            return None
+
+    def _flag(self, cell: NotebookNode, index: int, problems: list[str]) -> None:
+        """Findings on a graded test cell: record them and make the cell fail, so it scores 0."""
+        if not problems:
+            return
+        for what in problems:
+            self._record(cell, index, what)
+        cell.outputs.append(error_output("IntegrityError", "; ".join(problems) + " -- this test cell scores 0"))
+
+    def _record(self, cell: NotebookNode, index: int, what: str, kind: str = "tamper") -> None:
+        """kind: 'tamper' (the tests may have been fooled) or 'failure' (the code broke the kernel or ran out of time)."""
+        gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", "")
+        self.findings.append({"cell": gid or f"cell {index + 1}", "index": index, "kind": kind, "finding": what})
+
+    def _save_findings(self, resources: dict) -> None:
+        folder = resources.get("metadata", {}).get("path")
+        name = resources.get("unique_key") or resources.get("metadata", {}).get("name")
+        if folder and name:  # always written, so a file the student's code left there is replaced
+            path = Path(folder) / f"{Path(name).name}{INTEGRITY_SUFFIX}"
+            path.write_text(json.dumps(self.findings, indent=1), encoding="utf-8")
+
+    # --- outputs ------------------------------------------------------------------------------------
+    def output(self, outs, msg, display_id, cell_index):
+        """Drop output beyond the caps as it arrives; errors and results always pass (they carry the grade)."""
+        if msg["msg_type"] in ("stream", "display_data", "update_display_data"):
+            content = msg["content"]
+            size = len(content.get("text", "")) + sum(len(str(v)) for v in content.get("data", {}).values())
+            cap = self.max_stream_bytes if msg["msg_type"] == "stream" else self.max_output_bytes
+            if self._cell_bytes + size > cap:
+                if not self._truncated:
+                    self._truncated = True
+                    note = {"name": "stdout", "text": f"\n[output truncated: this cell printed more than "
+                                                      f"{cap:,} bytes; the rest was not kept]\n"}
+                    return super().output(outs, {**msg, "msg_type": "stream", "content": note}, None, cell_index)
+                return None
+            self._cell_bytes += size
+        return super().output(outs, msg, display_id, cell_index)
+
+    def _shorten(self, cell: NotebookNode) -> None:
+        n = self.max_message_chars
+        for out in cell.outputs:
+            if out.get("output_type") == "error" and len(out.get("evalue", "")) > n:
+                out.evalue = out.evalue[:n] + " ... [truncated]"
+                out.traceback = [line[:n] for line in out.traceback]
+            if out.get("output_type") == "execute_result":
+                for key, value in out.get("data", {}).items():
+                    if isinstance(value, str) and len(value) > n:
+                        out.data[key] = value[:n] + " ... [truncated]"
+
+
+def read_findings(notebook: Path) -> list[dict]:
+    """The findings GuardedExecute wrote for an autograded notebook ([] if none or not graded)."""
+    path = notebook.with_name(notebook.stem + INTEGRITY_SUFFIX)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []

@@ -1,0 +1,215 @@
+"""Did the hidden tests really run, against the real numpy, builtins and IPython?
+
+A student's code shares the kernel with the hidden tests, so it can try to make them pass without being
+right: blank later cells with an IPython input transformer, strip asserts with an AST transformer,
+replace `builtins.abs` or `numpy.testing.assert_allclose`, put a fake module into `sys.modules`, or ship a
+`numpy.py` beside the notebook. The grader cannot look into the kernel from outside, but it can ask:
+before the first cell and around every graded test cell it evaluates a probe as a *user expression*
+(evaluated by the kernel directly, past every input transformer) that reports
+
+- the identity of every callable in the watched modules, and where those modules were loaded from;
+- the IPython hooks (input and AST transformers, event callbacks, custom exception handlers, the
+  shell's run methods) and any trace or profile function;
+- the last input the kernel actually executed, and its execution count.
+
+`changes` compares a probe with the one taken before the first cell; `rewritten` checks that the test
+cell the kernel ran is the test cell the grader sent. A determined student with deep knowledge of
+IPython could still fake a probe; the integrity report is evidence for a human, not a proof.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass
+
+from IPython.core.inputtransformer2 import TransformerManager
+
+# Modules the tests rely on. A package is watched only if the notebook imports it, and then from the
+# start: the baseline probe imports it before the first cell runs, so a later patch cannot become the baseline.
+WATCHED = {
+    "builtins": ("builtins",),
+    "math": ("math",),
+    "numpy": ("numpy", "numpy.testing", "numpy.linalg", "numpy.random"),
+    "torch": ("torch", "torch.testing", "torch.nn.functional"),
+}
+SHELL_METHODS = ("run_cell", "run_cell_async", "run_ast_nodes", "run_code", "transform_cell", "transform_ast",
+                 "showtraceback", "_showtraceback", "CustomTB", "user_expressions", "ev", "ex", "should_run_async")
+
+# Runs inside the kernel, in a fresh namespace, through exec: the grader reads `out` (a JSON string).
+PROBE_SOURCE = r'''
+import builtins, importlib, json, os, sys
+prefixes = tuple(os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+def installed(path):
+    return bool(path) and os.path.realpath(path).startswith(prefixes)
+def origin(obj):
+    """Where a hook was defined: 'installed', or the file (or '<cell>') it came from."""
+    f = getattr(obj, "__func__", obj)
+    code = getattr(f, "__code__", None)
+    if code is None:
+        call = getattr(type(f), "__call__", None)
+        code = getattr(call, "__code__", None)
+    if code is not None:
+        path = code.co_filename
+    else:
+        module = sys.modules.get(getattr(type(f), "__module__", "") or "")
+        path = getattr(module, "__file__", None) if module is not None else None
+        if path is None and type(f).__module__ == "builtins":
+            return "installed"
+    return "installed" if installed(path) else (path or "<unknown>")
+def describe(obj):
+    f = getattr(obj, "__func__", obj)
+    name = getattr(f, "__qualname__", None) or type(f).__qualname__
+    return [getattr(f, "__module__", None) or type(f).__module__, name, origin(obj)]
+modules = {}
+for name in WATCH:
+    if IMPORT:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass
+    m = sys.modules.get(name)
+    if m is None:
+        continue
+    ids = {}
+    for k, v in list(vars(m).items()):
+        if callable(v) and k not in ("_", "__", "___"):
+            try:
+                inner = v.__wrapped__ if not isinstance(v, type) else None
+            except Exception:
+                inner = None
+            # a wrapper (functools.wraps) also reports what it wraps and whether installed code made it
+            ids[k] = id(v) if inner is None else [id(v), id(inner), origin(v) == "installed"]
+    modules[name] = {"id": id(m), "file": getattr(m, "__file__", None), "installed": name == "builtins"
+                     or installed(getattr(m, "__file__", None)), "ids": ids}
+ip = sys.modules["IPython"].get_ipython()
+hooks = {
+    "input_transformers_cleanup": [describe(t) for t in ip.input_transformers_cleanup],
+    "input_transformers_post": [describe(t) for t in ip.input_transformers_post],
+    "ast_transformers": [describe(t) for t in ip.ast_transformers],
+    "custom_exceptions": [describe(t) for t in (ip.custom_exceptions or ())],
+    "events": {e: [describe(cb) for cb in cbs] for e, cbs in ip.events.callbacks.items()},
+}
+shell = {n: id(getattr(type(ip), n, None)) for n in SHELL_METHODS}
+overridden = sorted(n for n in SHELL_METHODS if n in vars(ip))
+hist = ip.history_manager.input_hist_parsed
+out = json.dumps({"modules": modules, "hooks": hooks, "shell": shell, "overridden": overridden,
+                  "trace": sys.gettrace() is not None, "profile": sys.getprofile() is not None,
+                  "last_input": hist[-1] if hist else None, "count": ip.execution_count})
+'''
+
+
+def packages_imported(sources: list[str]) -> set[str]:
+    """Top-level packages that `import x` / `from x import` lines of the notebook name."""
+    found = set()
+    for source in sources:
+        found.update(re.findall(r"^\s*(?:import|from)\s+([A-Za-z_]\w*)", source, flags=re.M))
+    return found
+
+
+def watched_modules(sources: list[str]) -> list[str]:
+    used = packages_imported(sources) | {"builtins"}
+    return [m for pkg, mods in WATCHED.items() if pkg in used for m in mods]
+
+
+def probe_expression(watched: list[str], import_them: bool) -> str:
+    """A user expression that runs PROBE_SOURCE in a namespace of its own and returns its JSON."""
+    source = f"WATCH = {watched!r}\nIMPORT = {import_them!r}\nSHELL_METHODS = {SHELL_METHODS!r}\n" + PROBE_SOURCE
+    return f"(lambda ns: __import__('builtins').exec({source!r}, ns) or ns['out'])({{}})"
+
+
+@dataclass(frozen=True)
+class Probe:
+    data: dict
+
+    @classmethod
+    def from_reply(cls, reply: dict) -> Probe:
+        """Parse the probe's user-expression result; raise ValueError with the kernel's error otherwise."""
+        result = reply.get("content", {}).get("user_expressions", {}).get("probe")
+        if not result:
+            raise ValueError("the kernel returned no integrity probe")
+        if result.get("status") != "ok":
+            raise ValueError(f"the integrity probe failed in the kernel: {result.get('ename')}: {result.get('evalue')}")
+        try:
+            return cls(json.loads(ast.literal_eval(result["data"]["text/plain"])))
+        except (KeyError, TypeError, ValueError, SyntaxError):
+            raise ValueError("the integrity probe's answer was unreadable (the kernel's display machinery is broken)") from None
+
+
+def _hook_names(entries: list) -> list[str]:
+    return [f"{module}.{name}" + ("" if where == "installed" else f" (defined in {where})") for module, name, where in entries]
+
+
+def foreign_modules(baseline: Probe) -> list[str]:
+    """Watched modules that were not loaded from the installed Python (e.g. a numpy.py in the submission)."""
+    return [f"module {name} is loaded from {m['file']}, not from the installed packages"
+            for name, m in baseline.data["modules"].items() if not m["installed"]]
+
+
+def _same(before, after) -> bool:
+    """Is a module attribute still the original, or an installed wrapper of it (torch wraps some
+    functions on first use, e.g. torch.manual_seed when torch._dynamo loads)?"""
+    first = lambda entry: entry[0] if isinstance(entry, list) else entry  # noqa: E731
+    if after is None:
+        return False
+    if first(after) == first(before):
+        return True
+    return isinstance(after, list) and after[1] == first(before) and after[2]
+
+
+def changes(baseline: Probe, now: Probe) -> list[str]:
+    """What the student's code changed since the baseline, in words a TA can check."""
+    found = []
+    for name, before in baseline.data["modules"].items():
+        after = now.data["modules"].get(name)
+        if after is None:
+            found.append(f"sys.modules['{name}'] was removed")
+            continue
+        if after["id"] != before["id"]:
+            found.append(f"sys.modules['{name}'] was replaced by another module ({after['file']})")
+        changed = sorted(k for k, v in before["ids"].items() if not _same(v, after["ids"].get(k)))
+        if changed:
+            shown = ", ".join(f"{name}.{k}" for k in changed[:5]) + (" ..." if len(changed) > 5 else "")
+            found.append(f"replaced or deleted: {shown}")
+    for kind, entries in now.data["hooks"].items():
+        if kind == "events":
+            continue
+        # a custom exception handler is a finding whatever it catches (its classes are builtins)
+        added = [e for e in entries if e not in baseline.data["hooks"][kind]
+                 and (e[2] != "installed" or kind == "custom_exceptions")]
+        if added:
+            found.append(f"IPython {kind} registered: {', '.join(_hook_names(added))}")
+    for event, callbacks in now.data["hooks"]["events"].items():
+        added = [c for c in callbacks if c not in baseline.data["hooks"]["events"].get(event, []) and c[2] != "installed"]
+        if added:
+            found.append(f"IPython '{event}' callback registered: {', '.join(_hook_names(added))}")
+    replaced = {n for n, i in now.data["shell"].items() if baseline.data["shell"].get(n) != i}
+    replaced |= set(now.data["overridden"]) - set(baseline.data["overridden"])
+    if replaced:
+        found.append(f"IPython shell methods replaced: {', '.join(sorted(replaced))}")
+    for hook in ("trace", "profile"):
+        if now.data[hook] and not baseline.data[hook]:
+            found.append(f"a {hook} function is set (sys.set{hook})")
+    return found
+
+
+_transformer = TransformerManager()
+
+
+def expected_input(source: str) -> str:
+    """The code IPython executes for a cell with no transformers but its own (magics, prompts)."""
+    try:
+        return _transformer.transform_cell(source)
+    except Exception:  # a syntax IPython cannot transform: it runs as is and fails
+        return source
+
+
+def rewritten(source: str, before: Probe, after: Probe) -> str:
+    """Why the test cell that ran is not the one sent ('' if it is): blanked, rewritten or not run at all."""
+    if after.data["count"] != before.data["count"] + 1:
+        return "the test cell was not executed (the execution count did not move)"
+    ran = after.data["last_input"]
+    if ran is None or ran.strip() != expected_input(source).strip():
+        return "the test cell's code was rewritten before it ran (an input transformer or a patched shell)"
+    return ""

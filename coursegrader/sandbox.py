@@ -1,0 +1,259 @@
+"""Grading kernels in a bubblewrap sandbox.
+
+A student's notebook runs with the grader's permissions unless something stops it. Here every grading
+kernel starts through a kernel spec whose command is this module's launcher, which execs `bwrap`:
+
+- the file system is empty but for read-only system directories, the Python installation and a few
+  files of /etc: no course directory, no gradebook, no other student, no home directory;
+- the student's autograded folder (the kernel's working directory) and a private scratch folder
+  (connection file, IPC sockets, HOME, TMPDIR) are the only writable places;
+- no network (a new network namespace: even loopback is a different one), new PID/IPC/UTS namespaces,
+  and the sandbox dies with the grader;
+- an environment cleared down to a short allow-list (a TA's tokens never reach student code);
+- limits on address space, processes (threads count) and file size; run as root, the kernel drops to
+  an unused uid (SANDBOX_UID) so that the process limit holds and leftovers can be killed.
+
+This module is the launcher as well (`python -m coursegrader.sandbox ...`), so it imports only the
+standard library: it runs once per kernel start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+KERNEL_NAME = "coursegrader-sandbox"
+GiB, MiB = 1024**3, 1024**2
+# The uid a kernel runs as when the grader is root: one no account uses (Debian leaves 60000-64999 to
+# local admins), so that the process limit counts only the sandbox and its leftovers can be killed.
+SANDBOX_UID = 64900
+
+# /etc entries a Python kernel with numpy, torch and matplotlib reads; nothing else of /etc is visible.
+ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "fonts", "passwd", "group", "nsswitch.conf",
+       "hosts", "host.conf", "mime.types", "os-release", "alternatives", "ssl")
+# Environment variables that reach the kernel; everything else (tokens, keys, JPY_PARENT_PID) is dropped.
+KEEP_ENV = ("NBGRADER_EXECUTION", "LANG", "LC_ALL", "TZ", "PYTHONHASHSEED", "MPLBACKEND",
+            "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-kernel resource limits (setrlimit). Generous for the course's notebooks, fatal for a bomb."""
+
+    memory_bytes: int = 6 * GiB  # address space: torch maps ~1.5 GiB before it computes anything
+    processes: int = 512  # tasks of the sandbox uid, threads included
+    file_bytes: int = 256 * MiB  # largest file the kernel may write
+    open_files: int = 1024
+
+
+def unavailable_reason() -> str:
+    """Why grading kernels cannot be sandboxed on this machine, or '' if they can."""
+    if not sys.platform.startswith("linux"):
+        return f"bubblewrap needs Linux (this is {sys.platform})"
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return "bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+    probe = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *_namespaces(), "--", "/bin/true"]
+    try:
+        done = subprocess.run(probe, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bwrap does not run here ({exc})"
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"bwrap cannot create namespaces here ({why})"
+    return ""
+
+
+def _namespaces() -> list[str]:
+    """New namespaces for everything but users; an unprivileged grader needs a user namespace as well."""
+    spaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+    return spaces if os.geteuid() == 0 else ["--unshare-user", *spaces]
+
+
+class Sandbox:
+    """The kernel spec for sandboxed grading, written into a private folder, and how to make Jupyter use it."""
+
+    def __init__(self, workdir: Path, writable_under: Path, limits: Limits = Limits(), uid: int = SANDBOX_UID):
+        self.workdir = workdir
+        self.runtime = workdir / "runtime"  # connection files and IPC sockets: the sandbox's own
+        self.runtime.mkdir(parents=True, exist_ok=True)
+        spec_dir = workdir / "share" / "jupyter" / "kernels" / KERNEL_NAME
+        spec_dir.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-I", "-m", "coursegrader.sandbox", "--limits", json.dumps(asdict(limits)),
+                "--uid", str(uid), "--runtime", str(self.runtime), "--writable-under", str(writable_under),
+                "{connection_file}"]
+        spec = {"argv": argv, "display_name": "Python 3 (sandboxed grading)", "language": "python",
+                "interrupt_mode": "message", "metadata": {"debugger": False}}
+        (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
+
+    def configure(self, config) -> None:
+        """Point nbgrader's Execute at the sandboxed kernel, over IPC (the sandbox has no shared loopback)."""
+        config.Execute.kernel_name = KERNEL_NAME
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.connection_file = str(self.runtime / "kernel.json")  # IPC sockets: kernel-ipc-*
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """While grading: Jupyter finds the kernel spec here and writes connection files to our runtime folder."""
+        saved = {k: os.environ.get(k) for k in ("JUPYTER_PATH", "JUPYTER_RUNTIME_DIR")}
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(self.workdir / "share" / "jupyter"),
+                                                                   saved["JUPYTER_PATH"]]))
+        os.environ["JUPYTER_RUNTIME_DIR"] = str(self.runtime)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+# --- the launcher: runs outside the sandbox, once per kernel, and execs bwrap ------------------------
+
+def _system_binds() -> list[str]:
+    args = []
+    for top in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    for name in ETC:
+        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    return args
+
+
+def _with_parents(binds: list[tuple[str, str]]) -> list[str]:
+    """bwrap creates missing parents of a mount point as 0700, which an unprivileged uid cannot cross."""
+    args, made = [], set()
+    for flag, path in sorted(binds, key=lambda b: Path(b[1]).parts):  # a parent before what it holds
+        for parent in reversed(Path(path).parents):
+            p = str(parent)
+            if p not in made and p not in ("/", "/usr", "/etc", "/tmp"):
+                args += ["--dir", p]
+                made.add(p)
+        args += [flag, path, path]
+        made.add(path)
+    return args
+
+
+def bwrap_command(kernel: list[str], connection_file: str, cwd: str, scratch: str, uid: int | None) -> list[str]:
+    """The full command line: bwrap, its mounts and namespaces, then (as root) setpriv to `uid`, then the kernel."""
+    pythons = sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), sys.prefix})
+    runtime = os.path.dirname(os.path.abspath(connection_file))
+    env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
+    env.update(HOME=scratch, TMPDIR=scratch, MPLCONFIGDIR=os.path.join(scratch, "matplotlib"),
+               PATH=os.pathsep.join([os.path.join(sys.prefix, "bin"), "/usr/bin", "/bin"]))
+    env.setdefault("LANG", "C.UTF-8")
+    cmd = ["bwrap", *_system_binds(), "--perms", "1777", "--size", str(64 * MiB), "--tmpfs", "/tmp",
+           *_with_parents([("--ro-bind", p) for p in pythons] + [("--bind", runtime), ("--bind", cwd)]),
+           "--dev", "/dev", "--proc", "/proc",
+           *_namespaces(), "--die-with-parent", "--new-session", "--chdir", cwd, "--clearenv"]
+    for key, value in env.items():
+        cmd += ["--setenv", key, value]
+    if uid is not None:
+        cmd += ["--", "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", *kernel]
+    else:
+        cmd += ["--", *kernel]
+    return cmd
+
+
+def _give_to(uid: int, *paths: str) -> None:
+    for path in paths:
+        os.chown(path, uid, uid)
+        if os.path.isdir(path):
+            for dirpath, dirnames, filenames in os.walk(path):
+                for name in dirnames + filenames:
+                    os.lchown(os.path.join(dirpath, name), uid, uid)
+
+
+def _apply(limits: Limits) -> None:
+    for which, value in ((resource.RLIMIT_AS, limits.memory_bytes), (resource.RLIMIT_FSIZE, limits.file_bytes),
+                         (resource.RLIMIT_NOFILE, limits.open_files), (resource.RLIMIT_NPROC, limits.processes)):
+        resource.setrlimit(which, (value, value))
+
+
+def _tasks_of(uid: int) -> int:
+    """Tasks (threads included) that `uid` runs now: RLIMIT_NPROC counts them all, not just the sandbox's."""
+    count = 0
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and os.stat(f"/proc/{pid}").st_uid == uid:
+                count += len(os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            pass
+    return count
+
+
+def _clear(uid: int | None, wait: float = 10.0) -> None:
+    """Kill what an earlier kernel left behind (a fork bomb's children) and wait until it is gone, so that
+    the process limit is the new kernel's own. As root, kill(-1) from `uid` reaches exactly its processes."""
+    if uid is not None:
+        child = os.fork()
+        if child == 0:
+            try:
+                os.setgid(uid)
+                os.setuid(uid)
+                os.kill(-1, signal.SIGKILL)
+            except OSError:
+                pass
+            os._exit(0)
+        os.waitpid(child, 0)
+    deadline = time.monotonic() + wait
+    while uid is not None and _tasks_of(uid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def launch(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="python -m coursegrader.sandbox", description="start a kernel under bwrap")
+    p.add_argument("--limits", required=True, help="JSON of Limits")
+    p.add_argument("--uid", type=int, default=SANDBOX_UID, help="uid the kernel runs as when the grader is root")
+    p.add_argument("--runtime", required=True, help="the private folder of connection files and sockets")
+    p.add_argument("--writable-under", required=True, help="the kernel's working folder must be inside this one")
+    p.add_argument("connection_file")
+    args, extra = p.parse_known_args(argv)
+    limits = Limits(**json.loads(args.limits))
+    cwd = os.path.realpath(os.getcwd())
+    runtime = os.path.realpath(args.runtime)
+    # Files here change owner: refuse anything but the grader's own folders.
+    if os.path.dirname(os.path.realpath(args.connection_file)) != runtime:
+        sys.exit(f"coursegrader.sandbox: connection file {args.connection_file} is not in {runtime}")
+    if not Path(cwd).is_relative_to(os.path.realpath(args.writable_under)) or cwd == os.path.realpath(args.writable_under):
+        sys.exit(f"coursegrader.sandbox: will not run a kernel in {cwd} (not inside {args.writable_under})")
+    scratch = os.path.join(runtime, "home-" + os.path.splitext(os.path.basename(args.connection_file))[0])
+    for old in Path(runtime).glob("home-*"):  # an earlier kernel's files are not the next student's to read
+        shutil.rmtree(old, ignore_errors=True)
+    os.makedirs(os.path.join(scratch, "matplotlib"), exist_ok=True)
+    cache = Path.home() / ".cache" / "matplotlib"  # a font cache saves every kernel ~1 s of font scanning
+    for fontlist in cache.glob("fontlist-*.json"):
+        shutil.copy2(fontlist, os.path.join(scratch, "matplotlib", fontlist.name))
+    uid = args.uid if os.geteuid() == 0 else None
+    _clear(uid)
+    if uid is not None:
+        _give_to(uid, scratch, cwd)
+        for path in (runtime, args.connection_file):
+            os.chown(path, uid, uid)
+    else:
+        limits = Limits(limits.memory_bytes, limits.processes + _tasks_of(os.getuid()), limits.file_bytes,
+                        limits.open_files)
+    kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", args.connection_file, *extra]
+    _apply(limits)
+    cmd = bwrap_command(kernel, args.connection_file, cwd, scratch, uid)
+    null = os.open(os.devnull, os.O_WRONLY)  # ipykernel prints a connection banner to stdout: not for the TA
+    os.dup2(null, 1)
+    os.execvp(cmd[0], cmd)
+
+
+if __name__ == "__main__":
+    launch(sys.argv[1:])

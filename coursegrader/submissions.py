@@ -1,0 +1,71 @@
+"""What a TA finds in submitted/<student>/<assignment>/ before grading it.
+
+nbgrader stops with a traceback on a notebook it cannot read, follows symbolic links when it copies a
+submission, and grades a folder of the wrong files as if nothing were wrong. `inspect` says up front
+whether a submission can be graded (and if not, why, in one line for the grades) and what a TA may
+want to know about one that can (a renamed kernel, an old notebook format, extra files).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CourseError
+from .notebooks import read_notebook
+
+MAX_NOTEBOOK_BYTES = 20 * 1024**2  # the course's notebooks are < 1 MB; a 20 MB one is not a submission
+
+
+@dataclass
+class Inspection:
+    problem: str = ""  # why it cannot be graded; '' if it can
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def gradable(self) -> bool:
+        return not self.problem
+
+
+def inspect(folder: Path, notebooks: list[str], shipped: set[str] = frozenset(), kernel: str = "python3") -> Inspection:
+    """Check the submission folder for the assignment's notebooks (names without .ipynb).
+
+    `shipped`: files the assignment itself provides (data), which are not "extra".
+    """
+    found = Inspection()
+    links = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_symlink())
+    if links:
+        found.problem = f"contains symbolic links ({', '.join(links[:3])}): not graded, ask for the files themselves"
+        return found
+    expected = {f"{name}.ipynb" for name in notebooks}
+    for name in sorted(expected):
+        path = folder / name
+        if not path.exists():
+            others = sorted(p.name for p in folder.glob("*.ipynb") if p.name not in expected)
+            hint = f" (the folder has {', '.join(others)}: renamed?)" if others else ""
+            found.problem = f"{name} is missing{hint}"
+            return found
+        if path.stat().st_size == 0:
+            found.problem = f"{name} is an empty file"
+            return found
+        if path.stat().st_size > MAX_NOTEBOOK_BYTES:
+            found.problem = f"{name} is {path.stat().st_size / 1024**2:.0f} MB, more than a notebook can be"
+            return found
+        try:
+            nb = read_notebook(path)
+        except CourseError as exc:
+            found.problem = str(exc).replace(str(folder) + "/", "")
+            return found
+        version = json.loads(path.read_text(encoding="utf-8")).get("nbformat")
+        if version != 4:
+            found.notes.append(f"{name} is in notebook format {version}; converted to 4 and graded")
+        name_in_nb = nb.metadata.get("kernelspec", {}).get("name")
+        if name_in_nb and name_in_nb != kernel:
+            found.notes.append(f"{name} asks for kernel '{name_in_nb}'; graded with Python like every notebook")
+    extra = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                   if p.is_file() and p.name not in expected and str(p.relative_to(folder)) not in shipped
+                   and ".ipynb_checkpoints" not in p.parts)
+    if extra:
+        found.notes.append(f"extra files graded alongside: {', '.join(extra[:5])}" + (" ..." if len(extra) > 5 else ""))
+    return found

@@ -1,0 +1,218 @@
+"""A class of hostile, broken and honest submissions to the toy assignment, and what each must score.
+
+Each `Case` is one student: how their folder is written, and what autograde must make of it. The toy
+notebook has two exercises: `double` (test cell `test_double`, 2 points) and `answer_quiz`
+(`test_answer_quiz`, 1 point). "Wrong" answers pass the visible tests and fail the hidden ones, so a
+cheat that disables the hidden tests would earn full marks under plain nbgrader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from coursegrader.notebooks import grade_id, read_notebook, with_answers, write_notebook
+
+RIGHT = {"double": "def double(x):\n    return 2 * np.asarray(x)", "answer_quiz": 'answer_quiz = {"b"}'}
+WRONG = {"double": "def double(x):\n    return 2", "answer_quiz": 'answer_quiz = {"a"}'}
+FULL = {"test_double": 2.0, "test_answer_quiz": 1.0}
+ZERO = {"test_double": 0.0, "test_answer_quiz": 0.0}
+ONLY_QUIZ = {"test_double": 0.0, "test_answer_quiz": 1.0}
+ONLY_DOUBLE = {"test_double": 2.0, "test_answer_quiz": 0.0}
+
+
+@dataclass
+class Case:
+    student: str
+    write: Callable[[Path, Path], None]  # (release notebook, submission folder) -> writes the folder
+    scores: dict[str, float] | None = None  # test cell -> points; None: not graded
+    reason: str = ""  # for a submission that cannot be graded: part of the reason given
+    tampered: set[str] = field(default_factory=set)  # test cells the integrity report must flag
+    failed: set[str] = field(default_factory=set)  # cells the report must name as stopping the kernel
+    note: str = ""  # part of a note the row must carry
+    sandbox_only: bool = False  # a bomb: never run it outside the sandbox
+
+
+def notebook(release: Path, answers: dict[str, str], extra: list[tuple[str, str]] = (),
+             edit: Callable[[nbformat.NotebookNode], None] | None = None) -> nbformat.NotebookNode:
+    """The release with `answers` written in and `extra` code cells inserted before the cell with that grade id
+    ('' = after the first code cell)."""
+    nb = with_answers(read_notebook(release), answers)
+    for before, code in extra:
+        cell = nbformat.v4.new_code_cell(textwrap.dedent(code).strip("\n"))
+        at = next((i for i, c in enumerate(nb.cells) if grade_id(c) == before), None) if before else None
+        if at is None:
+            at = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code") + 1
+        nb.cells.insert(at, cell)
+    if edit:
+        edit(nb)
+    return nb
+
+
+def hand_in(answers: dict[str, str], extra: list[tuple[str, str]] = (), edit=None, files: dict[str, bytes] = None):
+    def write(release: Path, folder: Path) -> None:
+        write_notebook(notebook(release, answers, extra, edit), folder / "toy.ipynb")
+        for name, data in (files or {}).items():
+            (folder / name).write_bytes(data)
+    return write
+
+
+def raw(data: bytes, name: str = "toy.ipynb"):
+    def write(release: Path, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return write
+
+
+def _replace_test(gid: str, source: str):
+    def edit(nb):
+        for c in nb.cells:
+            if grade_id(c) == gid:
+                c.source = source
+    return edit
+
+
+def _drop_tests(nb):
+    nb.cells = [c for c in nb.cells if not (grade_id(c) or "").startswith("test_")]
+
+
+def _kernel(name: str):
+    def edit(nb):
+        nb.metadata["kernelspec"] = {"name": name, "display_name": name, "language": name}
+    return edit
+
+
+def _nbformat3(release: Path, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    nb = notebook(release, RIGHT)
+    nbformat.write(nbformat.convert(nb, 3), str(folder / "toy.ipynb"), version=3)
+
+
+def _symlinked(target: Path):
+    def write(release: Path, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, folder / "toy.ipynb")
+    return write
+
+
+FAKE_NUMPY = b"""
+# A numpy.py handed in beside the notebook: `import numpy` in the kernel would find this first.
+def allclose(*args, **kwargs):
+    return True
+def asarray(x):
+    return x
+def arange(*args):
+    return list(range(*args))
+"""
+
+SNOOP = """
+import os, socket
+seen = {}
+for label, path in PATHS.items():
+    try:
+        with open(path, "rb") as f:
+            f.read(16)
+        seen[label] = "READ"
+    except OSError as exc:
+        seen[label] = "denied"
+try:
+    with open(CONFIG, "a") as f:
+        f.write("\\n# appended by a student\\n")
+    seen["append-config"] = "WROTE"
+except OSError:
+    seen["append-config"] = "denied"
+for label, address in (("loopback", ("127.0.0.1", PORT)), ("internet", ("192.0.2.1", 80))):
+    try:
+        socket.create_connection(address, timeout=2).close()
+        seen[label] = "CONNECTED"
+    except OSError:
+        seen[label] = "denied"
+seen["secret-env"] = "READ" if "COURSEGRADER_TEST_SECRET" in os.environ else "denied"
+print("SNOOP", json.dumps(seen))
+"""
+
+
+def snoop_cell(paths: dict[str, str], config: str, port: int) -> str:
+    return f"import json\nPATHS = {json.dumps(paths)}\nCONFIG = {config!r}\nPORT = {port}\n" + SNOOP
+
+
+def cases(root: Path, port: int) -> list[Case]:
+    """The adversarial class, in the order autograde sees them (sorted by name): honest students first and last."""
+    secrets = {"source": str(root / "source" / "toy" / "toy.ipynb"), "gradebook": str(root / "gradebook.db"),
+               "other-student": str(root / "submitted" / "a-honest" / "toy" / "toy.ipynb"),
+               "home": str(Path.home() / ".bashrc"), "shadow": "/etc/shadow"}
+    snoop = snoop_cell(secrets, str(root / "nbgrader_config.py"), port)
+    return [
+        Case("a-honest", hand_in(RIGHT), FULL),
+        # --- the sandbox: reads, writes and the network are denied; the student's grade is unaffected
+        Case("snoop", hand_in(RIGHT, [("", snoop)]), FULL, sandbox_only=True),
+        # --- tampering with the tests: each cheat scores 0 on the test cells it could have fooled
+        Case("cheat-transformer", hand_in(WRONG, [("", """
+            get_ipython().input_transformers_post.append(
+                lambda lines: [] if any("assert" in line for line in lines) else lines)""")]),
+             ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-ast", hand_in(WRONG, [("", """
+            import ast
+            class NoAsserts(ast.NodeTransformer):
+                def visit_Assert(self, node):
+                    return ast.Pass()
+            get_ipython().ast_transformers.append(NoAsserts())""")]),
+             ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-allclose", hand_in({**RIGHT, "double": WRONG["double"]}, [("", "np.allclose = lambda *a, **k: True")]),
+             ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-builtins", hand_in(RIGHT, [("test_answer_quiz", "import builtins\nbuiltins.abs = lambda x: 0")]),
+             ONLY_DOUBLE, tampered={"test_answer_quiz"}),
+        Case("cheat-sys-modules", hand_in(RIGHT, [("", "import sys, types\nsys.modules['numpy'] = types.ModuleType('numpy')")]),
+             ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-showtraceback", hand_in(WRONG, [("", "get_ipython().showtraceback = lambda *a, **k: None")]),
+             ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-custom-exc", hand_in(WRONG, [("", "get_ipython().set_custom_exc((AssertionError,), lambda *a, **k: None)")]),
+             ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-event", hand_in(RIGHT, [("", "get_ipython().events.register('pre_run_cell', lambda *a: None)")]),
+             ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-settrace", hand_in(RIGHT, [("", "import sys\nsys.settrace(lambda *a: None)")]),
+             ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-numpy-py", hand_in(WRONG, files={"numpy.py": FAKE_NUMPY}),
+             ZERO, tampered={"test_double", "test_answer_quiz"}, note="extra files graded alongside: numpy.py"),
+        Case("cheat-edit-test", hand_in(WRONG, edit=_replace_test("test_double", "pass")), ZERO),
+        Case("cheat-delete-tests", hand_in(WRONG, edit=_drop_tests), ZERO),
+        Case("cheat-exit-before-tests", hand_in(WRONG, [("test_double", "import os\nos._exit(0)")]), ZERO,
+             failed={"cell 4"}),
+        # --- code that breaks the kernel costs the cells it affects, never the whole submission
+        Case("crash-exit", hand_in({**RIGHT, "double": RIGHT["double"] + "\nimport os\nos._exit(3)"}), ONLY_QUIZ,
+             failed={"double"}),
+        Case("crash-segfault", hand_in({**RIGHT, "answer_quiz": "import ctypes\nctypes.string_at(0)\n" + RIGHT["answer_quiz"]}),
+             ONLY_DOUBLE, failed={"answer_quiz"}),
+        Case("crash-loop", hand_in({**RIGHT, "double": "while True:\n    pass\n" + RIGHT["double"]}), ONLY_QUIZ),
+        Case("crash-loop-no-interrupt", hand_in({**RIGHT, "double": (
+            "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass\n" + RIGHT["double"])}),
+             ONLY_QUIZ, failed={"double"}),
+        Case("crash-memory", hand_in(RIGHT, [("", "hoard = [bytes(2**30) for _ in range(64)]")]), FULL, sandbox_only=True),
+        Case("crash-forkbomb", hand_in(RIGHT, [("", "import os\nwhile True:\n    os.fork()")]), FULL, failed={"cell 3"},
+             sandbox_only=True),
+        Case("crash-disk", hand_in(RIGHT, [("", "with open('big.bin', 'wb') as f:\n    f.write(bytes(300 * 2**20))")]),
+             FULL, sandbox_only=True),
+        Case("crash-big-print", hand_in(RIGHT, [("", "print('x' * 30_000_000)")]), FULL),
+        Case("crash-big-error", hand_in({**RIGHT, "double": "def double(x):\n    raise ValueError('x' * 10**7)"}), ONLY_QUIZ),
+        # --- submissions nbgrader cannot read: a row with the reason, and the batch goes on
+        Case("bad-json", raw(b'{"cells": [,]}'), reason="not valid JSON"),
+        Case("bad-empty", raw(b""), reason="empty file"),
+        Case("bad-binary", raw(b"\xff\xfe\x00\x01 not text"), reason="not a text file"),
+        Case("bad-not-a-notebook", raw(b'{"hello": "world"}'), reason="not a Jupyter notebook"),
+        Case("bad-huge", raw(b'{"x": "' + b"y" * (21 * 1024**2) + b'"}'), reason="more than a notebook can be"),
+        Case("bad-renamed", lambda release, folder: hand_in(RIGHT)(release, folder) or
+             (folder / "toy.ipynb").rename(folder / "toy (1).ipynb"), reason="renamed?"),
+        Case("bad-missing", lambda release, folder: folder.mkdir(parents=True, exist_ok=True), reason="missing"),
+        Case("bad-symlink", _symlinked(root / "source" / "toy" / "toy.ipynb"), reason="symbolic links"),
+        # --- unusual but gradable: graded, with a note for the TA
+        Case("odd-nbformat3", _nbformat3, FULL, note="notebook format 3"),
+        Case("odd-kernel", hand_in(RIGHT, edit=_kernel("ir")), FULL, note="asks for kernel 'ir'"),
+        Case("odd-extra-files", hand_in(RIGHT, files={"notes.txt": b"my notes"}), FULL, note="notes.txt"),
+        Case("z-honest", hand_in(RIGHT), FULL),
+    ]

@@ -1,0 +1,171 @@
+"""The adversarial suite: a class of cheats, bombs, broken files and honest students, autograded for real.
+
+One `coursegrader autograde` run over the whole class (tests/adversarial.py), then one assertion per
+student. The sandbox must be on in CI; on a machine without bubblewrap the sandbox-only cases are skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from adversarial import FULL, RIGHT, Case, cases, hand_in, snoop_cell
+from toycourse import make_toy_course
+
+from coursegrader import autograde
+from coursegrader.course import Course
+from coursegrader.grading import Grader
+from coursegrader.sandbox import SANDBOX_UID, unavailable_reason
+
+pytestmark = pytest.mark.pipeline
+
+NO_SANDBOX = unavailable_reason()
+if NO_SANDBOX and os.environ.get("CI"):
+    raise RuntimeError(f"CI must run the adversarial suite in the sandbox: {NO_SANDBOX}")
+
+FAST = "\n# Adversarial suite: short limits so that the loops cost seconds, not minutes.\n" \
+       "c.Execute.timeout = 5\nc.GuardedExecute.notebook_timeout = 120\n"
+
+
+def make_course(path):
+    root = make_toy_course(path)
+    (root / "nbgrader_config.py").write_text((root / "nbgrader_config.py").read_text() + FAST)
+    return root
+
+
+@pytest.fixture(scope="module")
+def listener():
+    """A TCP server on the grader's loopback: a sandboxed kernel must not reach it."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory, listener):
+    root = make_course(tmp_path_factory.mktemp("adversarial") / "course")
+    config_before = (root / "nbgrader_config.py").read_text()
+    class_ = [c for c in cases(root, listener) if not (c.sandbox_only and NO_SANDBOX)]
+    for case in class_:
+        case.write(root / "release" / "toy" / "toy.ipynb", root / "submitted" / case.student / "toy")
+    os.environ["COURSEGRADER_TEST_SECRET"] = "a TA's token"
+    try:
+        results = autograde.run(Course.load(root), "toy")
+    finally:
+        del os.environ["COURSEGRADER_TEST_SECRET"]
+    autograde.save_reports(results, root / "reports" / "toy")
+    report = autograde.format_report(results)
+    print(report)
+    return root, {c.student: c for c in class_}, {r.student: r for r in results}, report, config_before
+
+
+@pytest.mark.parametrize("student", [c.student for c in cases(Path("/nonexistent"), 0)])
+def test_student_gets_what_they_should(graded, student):
+    root, class_, results, report, _ = graded
+    if student not in class_:
+        pytest.skip(f"needs the sandbox ({NO_SANDBOX})")
+    case: Case = class_[student]
+    res = results[student]
+    if case.scores is None:
+        assert not res.ok, f"{student} should not be graded"
+        assert case.reason in res.error, f"{student}: reason given: {res.error!r}, expected to mention {case.reason!r}"
+        line = next(line for line in report.splitlines() if line.startswith(student + " "))
+        assert "NOT GRADED" in line, line
+        return
+    assert res.ok, f"{student} was not graded: {res.error}"
+    scores = {gid: s for gid, (s, _) in res.cells.items()}
+    assert scores == case.scores, f"{student}: scored {scores}, should score {case.scores}"
+    tampered = {f["cell"] for f in res.findings if f["kind"] == "tamper"}
+    assert tampered == case.tampered, f"{student}: integrity report flags {tampered}, should flag {case.tampered}"
+    failed = {f["cell"] for f in res.findings if f["kind"] == "failure"}
+    assert failed == case.failed, f"{student}: cells reported as stopping the kernel {failed}, expected {case.failed}"
+    if case.note:
+        assert any(case.note in n for n in res.notes), f"{student}: notes {res.notes} should mention {case.note!r}"
+
+
+def _outputs(root, student: str) -> str:
+    nb = nbformat.read(str(root / "autograded" / student / "toy" / "toy.ipynb"), 4)
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+@pytest.mark.skipif(bool(NO_SANDBOX), reason=f"needs the sandbox ({NO_SANDBOX})")
+def test_sandbox_denies_reads_writes_network_and_secrets(graded):
+    root, _, _, _, config_before = graded
+    line = next(line for line in _outputs(root, "snoop").splitlines() if line.startswith("SNOOP "))
+    seen = json.loads(line[len("SNOOP "):])
+    assert set(seen) == {"source", "gradebook", "other-student", "home", "shadow", "append-config", "loopback",
+                         "internet", "secret-env"}, seen
+    allowed = {k: v for k, v in seen.items() if v != "denied"}
+    assert not allowed, f"the sandboxed kernel could do this: {allowed}"
+    assert (root / "nbgrader_config.py").read_text() == config_before, "a student's cell changed nbgrader_config.py"
+
+
+def test_snoop_reads_everything_without_the_sandbox(tmp_path, listener):
+    """Negative control: the same cell, graded with --no-sandbox, reads the hidden tests. The snoop is real."""
+    root = make_course(tmp_path / "course")
+    secrets = {"source": str(root / "source" / "toy" / "toy.ipynb")}
+    case = Case("snoop", hand_in(RIGHT, [("", snoop_cell(secrets, str(root / "x.py"), listener))]))
+    case.write(root / "release" / "toy" / "toy.ipynb", root / "submitted" / "snoop" / "toy")
+    (res,) = autograde.run(Course.load(root), "toy", sandbox=False)
+    assert {gid: s for gid, (s, _) in res.cells.items()} == FULL
+    line = next(line for line in _outputs(root, "snoop").splitlines() if line.startswith("SNOOP "))
+    seen = json.loads(line[len("SNOOP "):])
+    assert seen["source"] == "READ" and seen["loopback"] == "CONNECTED", seen
+
+
+def test_outputs_are_capped_in_notebook_and_feedback(graded):
+    root = graded[0]
+    for student in ("crash-big-print", "crash-big-error"):
+        size = (root / "autograded" / student / "toy" / "toy.ipynb").stat().st_size
+        assert size < 500_000, f"{student}: the autograded notebook is {size:,} bytes"
+    Grader(Course.load(root), root).feedback("toy")
+    page = root / "feedback" / "crash-big-print" / "toy" / "toy.html"
+    assert page.stat().st_size < 1_000_000, f"feedback page is {page.stat().st_size:,} bytes"
+    assert "output truncated" in page.read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(bool(NO_SANDBOX), reason=f"needs the sandbox ({NO_SANDBOX})")
+def test_no_process_outlives_its_sandbox(graded):
+    if os.geteuid() != 0:
+        pytest.skip("the kernels ran as the grader's own user")
+    time.sleep(1)  # the last kernel's namespace is torn down asynchronously
+    left = subprocess.run(["ps", "-o", "pid=,cmd=", "-u", str(SANDBOX_UID)], capture_output=True, text=True).stdout
+    assert not left.strip(), f"processes of the sandbox uid still run after grading:\n{left[:2000]}"
+
+
+def test_every_student_has_a_row_in_the_reports(graded):
+    root, class_, results, report, _ = graded
+    with (root / "reports" / "toy" / "grades.csv").open() as f:
+        rows = {row["student"]: row for row in csv.DictReader(f)}
+    assert set(rows) == set(class_), set(class_) ^ set(rows)
+    assert rows["bad-json"]["graded"] == "no" and "not valid JSON" in rows["bad-json"]["reason"]
+    assert int(rows["cheat-transformer"]["integrity_findings"]) >= 2
+    with (root / "reports" / "toy" / "integrity.csv").open() as f:
+        flagged = {(row["student"], row["cell"]) for row in csv.DictReader(f) if row["kind"] == "tamper"}
+    assert ("cheat-allclose", "test_double") in flagged
+    assert "Integrity report" in report and "cheat-ast" in report
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        assert gb.find_submission("toy", "bad-json").score == 0, "an ungradable submission gets a row of zeros"
+
+
+def test_cli_autograde_warns_once_without_sandbox(tmp_path):
+    root = make_course(tmp_path / "course")
+    Case("alice", hand_in(RIGHT)).write(
+        root / "release" / "toy" / "toy.ipynb", root / "submitted" / "alice" / "toy")
+    done = subprocess.run([sys.executable, "-m", "coursegrader", "autograde", "toy", "--no-sandbox"], cwd=root,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "WITHOUT a sandbox" in line]
+    assert len(warnings) == 1, done.stderr
+    assert (root / "reports" / "toy" / "grades.csv").is_file()
