@@ -39,24 +39,24 @@ class AssignmentReport:
         return not self.verdict.problems
 
 
-def time_reference(course: Course, aid: str, workdir: Path) -> GradeResult:
+def time_reference(course: Course, aid: str, workdir: Path, sandbox: bool = True) -> GradeResult:
     """Phase 1: set up the assignment's scratch course (its own gradebook) and grade the reference, alone.
 
     The reference's autograde time is what the time budget is held against, so nothing else runs meanwhile.
     """
     root = make_scratch_course(course, workdir / aid, [aid])
-    grader = Grader(course, root)
+    grader = Grader(course, root, sandbox=sandbox)
     grader.generate(aid)  # the scratch release doubles as the reference for the sync check
     (_, result), = sampleclass.grade(course, grader, sampleclass.plan(course, aid)[:1])
     return result
 
 
 def check_assignment(course_root: Path, aid: str, exact: bool, workdir: Path, reference: GradeResult,
-                     progress: Callable[[], None] = lambda: None) -> AssignmentReport:
+                     progress: Callable[[], None] = lambda: None, sandbox: bool = True) -> AssignmentReport:
     """Phase 2: grade the rest of the sample class in the scratch course of phase 1 and judge everything."""
     course = Course.load(course_root)
     root = workdir / aid
-    grader = Grader(course, root)
+    grader = Grader(course, root, sandbox=sandbox)
     plan = sampleclass.plan(course, aid, exact)
     results = [(plan[0], reference)] + sampleclass.grade(course, grader, plan[1:], progress=lambda s: progress())
     verdict = sampleclass.verify(course, grader, aid, results)
@@ -76,7 +76,8 @@ def check_assignment(course_root: Path, aid: str, exact: bool, workdir: Path, re
     return AssignmentReport(verdict, sum(len(s.wrong) for s in plan), budget)
 
 
-def run(course: Course, aids: list[str], exact: bool = False, jobs: int | None = None) -> list[AssignmentReport]:
+def run(course: Course, aids: list[str], exact: bool = False, jobs: int | None = None,
+        sandbox: bool = True) -> list[AssignmentReport]:
     """Check each assignment: references one at a time, then the rest with `jobs` assignments at once.
 
     Assignments never share a gradebook, so parallel grading cannot mix their grades; the longest
@@ -89,15 +90,16 @@ def run(course: Course, aids: list[str], exact: bool = False, jobs: int | None =
         with tqdm(total=sum(map(len, plans.values())), desc="grading", unit="nb", leave=False) as bar:
             references = {}
             for aid in aids:
-                references[aid] = time_reference(course, aid, workdir)
+                references[aid] = time_reference(course, aid, workdir, sandbox)
                 bar.update()
             if jobs == 1:
-                return [check_assignment(course.root, aid, exact, workdir, references[aid], bar.update) for aid in aids]
+                return [check_assignment(course.root, aid, exact, workdir, references[aid], bar.update, sandbox)
+                        for aid in aids]
             bar.set_description(f"grading ({jobs} assignments at once)")
             longest_first = sorted(aids, key=lambda a: -course.declared[a].budget_seconds)
             with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-                futures = {pool.submit(check_assignment, course.root, aid, exact, workdir, references[aid]): aid
-                           for aid in longest_first}
+                futures = {pool.submit(check_assignment, course.root, aid, exact, workdir, references[aid],
+                                       sandbox=sandbox): aid for aid in longest_first}
                 done = {}
                 for future in as_completed(futures):
                     aid = futures[future]

@@ -25,7 +25,8 @@ def cmd_release(course: Course, args: argparse.Namespace) -> int:
 def cmd_check(course: Course, args: argparse.Namespace) -> int:
     from . import check
 
-    reports = check.run(course, course.resolve(args.assignments), exact=args.exact, jobs=args.jobs)
+    reports = check.run(course, course.resolve(args.assignments), exact=args.exact, jobs=args.jobs,
+                        sandbox=not args.no_sandbox)
     print(check.format_report(reports))
     return 0 if all(r.ok for r in reports) else 1
 
@@ -34,7 +35,7 @@ def cmd_demo(course: Course, args: argparse.Namespace) -> int:
     from . import demo, sampleclass
 
     dest = Path(args.dest).resolve() if args.dest else course.root / "demo"
-    results, csv = demo.run(course, course.resolve(args.assignments), dest)
+    results, csv = demo.run(course, course.resolve(args.assignments), dest, sandbox=not args.no_sandbox)
     print(demo.format_report(results, csv, dest))
     unexpected = [f"{sub.assignment}/{sub.student}" for sub, res in results if not sampleclass.as_expected(sub, res)]
     if unexpected:
@@ -53,6 +54,13 @@ def cmd_autograde(course: Course, args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def cmd_sandbox(course: Course, args: argparse.Namespace) -> int:
+    from .sandboxcost import report
+
+    print(report(args.repeats))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coursegrader", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -65,11 +73,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: every assignment")
     s.add_argument("--exact", action="store_true", help="grade every wrong answer alone (slower, no grouping)")
     s.add_argument("--jobs", type=int, help="assignments checked at once (default: the number of CPU cores)")
+    s.add_argument("--no-sandbox", action="store_true", help="run the notebooks without bubblewrap")
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("demo", help="autograde, give feedback to and export a sample class, in demo/")
     s.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: every assignment")
     s.add_argument("--dest", help="where to build the sample course (default: demo/)")
+    s.add_argument("--no-sandbox", action="store_true", help="run the notebooks without bubblewrap")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("autograde", help="autograde the submissions in submitted/ for one assignment")
@@ -77,6 +87,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--student", action="append", help="grade only this student (repeatable)")
     s.add_argument("--no-sandbox", action="store_true", help="run student code without bubblewrap (not recommended)")
     s.set_defaults(func=cmd_autograde)
+
+    s = sub.add_parser("sandbox", help="say whether grading kernels can be sandboxed here, and what it costs")
+    s.add_argument("--repeats", type=int, default=5, help="kernel starts to time, each way (default: 5)")
+    s.set_defaults(func=cmd_sandbox)
     return p
 
 

@@ -14,14 +14,16 @@ from tqdm import tqdm
 
 from . import sampleclass
 from .course import Course
+from .autograde import format_integrity
 from .grading import Grader, GradeResult, make_scratch_course
 from .table import fmt, render
 
 
-def run(course: Course, aids: list[str], dest: Path) -> tuple[list[tuple[sampleclass.Submission, GradeResult]], Path]:
+def run(course: Course, aids: list[str], dest: Path,
+        sandbox: bool = True) -> tuple[list[tuple[sampleclass.Submission, GradeResult]], Path]:
     root = make_scratch_course(course, dest, aids)
-    grader = Grader(course, root)
-    plans = [sub for aid in aids for sub in sampleclass.plan(course, aid)]
+    grader = Grader(course, root, sandbox=sandbox)
+    plans = [sub for aid in aids for sub in sampleclass.plan(course, aid, hostile=True)]
     with tqdm(total=len(plans) + len(aids), desc="demo class", unit="nb", leave=False) as bar:
         results = []
         for aid in aids:
@@ -66,6 +68,15 @@ def format_report(results: list[tuple[sampleclass.Submission, GradeResult]], csv
             rows.append([sub.assignment, sub.student, len(sub.wrong), f"{len(res.lost)} of {len(res.cells)}",
                          "yes" if sampleclass.as_expected(sub, res) else "NO"])
     lines.append(render(["assignment", "student", "wrong answers", "test cells that lost points", "as catalogued"], rows))
+    lines.append("\nHostile students: `tamper` blanks every later cell that asserts; `crash` kills its kernel in one "
+                 "solution cell.")
+    rows = [[sub.assignment, sub.student, f"{fmt(res.score)}/{fmt(res.max_score)}" if res.ok else "FAILED",
+             "yes" if sampleclass.as_expected(sub, res) else "NO"]
+            for sub, res in results if sub.tamper or sub.crash]
+    lines.append(render(["assignment", "student", "score", "as expected"], rows))
+    flagged = [GradeResult(f"{sub.assignment}/{sub.student}", sub.assignment, res.seconds, res.error, res.cells,
+                           res.findings) for sub, res in results if res.findings]
+    lines += ["", format_integrity(flagged)]
     lines += ["", f"Which mistake each student made, and its cost: {write_mistakes(results, root / 'mistakes.csv')}",
               f"Grades (CSV):   {csv}", f"Feedback (HTML): {root / 'feedback'}/<student>/<assignment>/<assignment>.html",
               f"Autograded notebooks: {root / 'autograded'}"]

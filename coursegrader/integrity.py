@@ -57,6 +57,8 @@ def origin(obj):
         path = getattr(module, "__file__", None) if module is not None else None
         if path is None and type(f).__module__ == "builtins":
             return "installed"
+    if path and ("ipykernel_" in path or path.startswith("<")):
+        return "a notebook cell"
     return "installed" if installed(path) else (path or "<unknown>")
 def describe(obj):
     f = getattr(obj, "__func__", obj)

@@ -3,6 +3,9 @@
 Per assignment: `reference` hands in the solution, `blank` hands in the release untouched, and
 `mistakes-<r>` hands in the solution with round r of the wrong-answer catalogue written in (see
 catalogue.group_into_rounds). With `exact=True` every wrong answer is handed in alone instead.
+The demo adds two hostile students: `tamper` blanks every later cell that asserts (an IPython input
+transformer) and must score 0 with every test cell in the integrity report; `crash` kills its kernel
+in one solution cell and must lose only that exercise's test cells.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import nbformat
 
 from .catalogue import WrongAnswer, group_into_rounds, load_catalogue
 from .course import Course
@@ -23,10 +28,17 @@ class Submission:
     assignment: str
     wrong: tuple[WrongAnswer, ...] = ()  # the catalogue entries written into the reference
     blank: bool = False
+    tamper: bool = False
+    crash: str = ""  # grade id of the solution cell that ends with os._exit
+    crash_fails: frozenset[str] = frozenset()  # the test cells of that exercise (from its catalogue entries)
 
     @property
     def expected_lost(self) -> frozenset[str]:
-        return frozenset().union(*(w.fails for w in self.wrong))
+        return self.crash_fails.union(*(w.fails for w in self.wrong))
+
+
+TAMPER = ("get_ipython().input_transformers_post.append(\n"
+          "    lambda lines: [] if any('assert' in line for line in lines) else lines)")
 
 
 def as_expected(sub: Submission, res: GradeResult) -> bool:
@@ -35,7 +47,11 @@ def as_expected(sub: Submission, res: GradeResult) -> bool:
         return False
     if sub.blank:
         return res.score == 0
-    return res.lost == sub.expected_lost
+    if sub.tamper:
+        return res.score == 0 and {f["cell"] for f in res.tampering} == set(res.cells)
+    if sub.crash and not any(f["cell"] == sub.crash and f["kind"] == "failure" for f in res.findings):
+        return False
+    return res.lost == sub.expected_lost and not res.tampering
 
 
 def reference_answers(source_nb) -> dict[str, str]:
@@ -43,15 +59,20 @@ def reference_answers(source_nb) -> dict[str, str]:
     return {gid: strip_markers(cell.source) for gid, cell in solution_cells(source_nb).items()}
 
 
-def plan(course: Course, aid: str, exact: bool = False) -> list[Submission]:
+def plan(course: Course, aid: str, exact: bool = False, hostile: bool = False) -> list[Submission]:
     entries = load_catalogue(course.catalogue_file(aid), aid, read_notebook(course.source_notebook(aid)))
     groups = [[e] for e in entries] if exact else group_into_rounds(entries)
     prefix = "wrong" if exact else "mistakes"
-    return [
+    subs = [
         Submission("reference", aid),
         Submission("blank", aid, blank=True),
         *(Submission(f"{prefix}-{i}", aid, tuple(group)) for i, group in enumerate(groups, start=1)),
     ]
+    if hostile and entries:
+        cell = entries[0].cell
+        fails = frozenset().union(*(e.fails for e in entries if e.cell == cell))
+        subs += [Submission("tamper", aid, tamper=True), Submission("crash", aid, crash=cell, crash_fails=fails)]
+    return subs
 
 
 def hand_in(course: Course, root: Path, sub: Submission) -> None:
@@ -59,8 +80,13 @@ def hand_in(course: Course, root: Path, sub: Submission) -> None:
     release_nb = read_notebook(root / "release" / sub.assignment / f"{sub.assignment}.ipynb")
     answers = {} if sub.blank else reference_answers(read_notebook(course.source_notebook(sub.assignment)))
     answers.update({w.cell: w.code for w in sub.wrong})
-    write_notebook(with_answers(release_nb, answers),
-                   root / "submitted" / sub.student / sub.assignment / f"{sub.assignment}.ipynb")
+    if sub.crash:
+        answers[sub.crash] += "\nimport os\nos._exit(1)"
+    nb = with_answers(release_nb, answers)
+    if sub.tamper:
+        first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+        nb.cells.insert(first_code + 1, nbformat.v4.new_code_cell(TAMPER))
+    write_notebook(nb, root / "submitted" / sub.student / sub.assignment / f"{sub.assignment}.ipynb")
 
 
 def grade(course: Course, grader: Grader, subs: list[Submission],

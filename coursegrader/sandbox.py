@@ -11,7 +11,7 @@ kernel starts through a kernel spec whose command is this module's launcher, whi
   and the sandbox dies with the grader;
 - an environment cleared down to a short allow-list (a TA's tokens never reach student code);
 - limits on address space, processes (threads count) and file size; run as root, the kernel drops to
-  an unused uid (SANDBOX_UID) so that the process limit holds and leftovers can be killed.
+  an unused uid claimed per grader (SANDBOX_UIDS), so that the process limit holds and leftovers can be killed.
 
 This module is the launcher as well (`python -m coursegrader.sandbox ...`), so it imports only the
 standard library: it runs once per kernel start.
@@ -20,6 +20,7 @@ standard library: it runs once per kernel start.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import resource
@@ -27,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,9 +37,10 @@ from pathlib import Path
 
 KERNEL_NAME = "coursegrader-sandbox"
 GiB, MiB = 1024**3, 1024**2
-# The uid a kernel runs as when the grader is root: one no account uses (Debian leaves 60000-64999 to
-# local admins), so that the process limit counts only the sandbox and its leftovers can be killed.
-SANDBOX_UID = 64900
+# The uids kernels run as when the grader is root: ones no account uses (Debian leaves 60000-64999 to
+# local admins). Each grader claims one for its lifetime (a lock file), so that the process limit counts
+# only its own kernel and killing that uid's leftovers never touches another grader's kernel.
+SANDBOX_UIDS = range(64900, 65000)
 
 # /etc entries a Python kernel with numpy, torch and matplotlib reads; nothing else of /etc is visible.
 ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "fonts", "passwd", "group", "nsswitch.conf",
@@ -81,11 +84,27 @@ def _namespaces() -> list[str]:
     return spaces if os.geteuid() == 0 else ["--unshare-user", *spaces]
 
 
+def claim_uid() -> tuple[int, object]:
+    """A sandbox uid no other grader on this machine holds, and the open lock file that holds it."""
+    folder = Path(tempfile.gettempdir()) / "coursegrader-uids"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    for uid in SANDBOX_UIDS:
+        lock = open(folder / str(uid), "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return uid, lock
+        except BlockingIOError:
+            lock.close()
+    raise RuntimeError(f"all {len(SANDBOX_UIDS)} sandbox uids are held by running graders")
+
+
 class Sandbox:
     """The kernel spec for sandboxed grading, written into a private folder, and how to make Jupyter use it."""
 
-    def __init__(self, workdir: Path, writable_under: Path, limits: Limits = Limits(), uid: int = SANDBOX_UID):
+    def __init__(self, workdir: Path, writable_under: Path, limits: Limits = Limits()):
         self.workdir = workdir
+        self.uid, self._claim = claim_uid() if os.geteuid() == 0 else (os.getuid(), None)
+        uid = self.uid
         self.runtime = workdir / "runtime"  # connection files and IPC sockets: the sandbox's own
         self.runtime.mkdir(parents=True, exist_ok=True)
         spec_dir = workdir / "share" / "jupyter" / "kernels" / KERNEL_NAME
@@ -218,7 +237,7 @@ def _clear(uid: int | None, wait: float = 10.0) -> None:
 def launch(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="python -m coursegrader.sandbox", description="start a kernel under bwrap")
     p.add_argument("--limits", required=True, help="JSON of Limits")
-    p.add_argument("--uid", type=int, default=SANDBOX_UID, help="uid the kernel runs as when the grader is root")
+    p.add_argument("--uid", type=int, required=True, help="uid the kernel runs as when the grader is root")
     p.add_argument("--runtime", required=True, help="the private folder of connection files and sockets")
     p.add_argument("--writable-under", required=True, help="the kernel's working folder must be inside this one")
     p.add_argument("connection_file")

@@ -78,6 +78,14 @@ def _replace_test(gid: str, source: str):
     return edit
 
 
+def _points(gid: str, points: float):
+    def edit(nb):
+        for c in nb.cells:
+            if grade_id(c) == gid:
+                c.metadata["nbgrader"]["points"] = points
+    return edit
+
+
 def _drop_tests(nb):
     nb.cells = [c for c in nb.cells if not (grade_id(c) or "").startswith("test_")]
 
@@ -182,6 +190,7 @@ def cases(root: Path, port: int) -> list[Case]:
              ZERO, tampered={"test_double", "test_answer_quiz"}, note="extra files graded alongside: numpy.py"),
         Case("cheat-edit-test", hand_in(WRONG, edit=_replace_test("test_double", "pass")), ZERO),
         Case("cheat-delete-tests", hand_in(WRONG, edit=_drop_tests), ZERO),
+        Case("cheat-points", hand_in(RIGHT, edit=_points("test_double", 100)), FULL),
         Case("cheat-exit-before-tests", hand_in(WRONG, [("test_double", "import os\nos._exit(0)")]), ZERO,
              failed={"cell 4"}),
         # --- code that breaks the kernel costs the cells it affects, never the whole submission

@@ -23,7 +23,7 @@ from toycourse import make_toy_course
 from coursegrader import autograde
 from coursegrader.course import Course
 from coursegrader.grading import Grader
-from coursegrader.sandbox import SANDBOX_UID, unavailable_reason
+from coursegrader.sandbox import SANDBOX_UIDS, unavailable_reason
 
 pytestmark = pytest.mark.pipeline
 
@@ -84,6 +84,7 @@ def test_student_gets_what_they_should(graded, student):
     assert res.ok, f"{student} was not graded: {res.error}"
     scores = {gid: s for gid, (s, _) in res.cells.items()}
     assert scores == case.scores, f"{student}: scored {scores}, should score {case.scores}"
+    assert res.max_score == sum(FULL.values()), f"{student}: out of {res.max_score}, not {sum(FULL.values())}"
     tampered = {f["cell"] for f in res.findings if f["kind"] == "tamper"}
     assert tampered == case.tampered, f"{student}: integrity report flags {tampered}, should flag {case.tampered}"
     failed = {f["cell"] for f in res.findings if f["kind"] == "failure"}
@@ -138,7 +139,8 @@ def test_no_process_outlives_its_sandbox(graded):
     if os.geteuid() != 0:
         pytest.skip("the kernels ran as the grader's own user")
     time.sleep(1)  # the last kernel's namespace is torn down asynchronously
-    left = subprocess.run(["ps", "-o", "pid=,cmd=", "-u", str(SANDBOX_UID)], capture_output=True, text=True).stdout
+    uids = ",".join(map(str, SANDBOX_UIDS))
+    left = subprocess.run(["ps", "-o", "pid=,uid=,cmd=", "-u", uids], capture_output=True, text=True).stdout
     assert not left.strip(), f"processes of the sandbox uid still run after grading:\n{left[:2000]}"
 
 
@@ -169,3 +171,29 @@ def test_cli_autograde_warns_once_without_sandbox(tmp_path):
     warnings = [line for line in done.stderr.splitlines() if "WITHOUT a sandbox" in line]
     assert len(warnings) == 1, done.stderr
     assert (root / "reports" / "toy" / "grades.csv").is_file()
+
+
+def test_honest_grades_equal_plain_nbgrader(tmp_path):
+    """The hardening changes nothing for honest work: the sample class scores cell for cell as under plain nbgrader."""
+    from nbgrader.api import Gradebook
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    from coursegrader import sampleclass
+
+    root = make_course(tmp_path / "course")
+    course = Course.load(root)
+    grader = Grader(course, root)
+    subs = sampleclass.plan(course, "toy")
+    ours = {sub.student: res.cells for sub, res in sampleclass.grade(course, grader, subs)}
+    config = course.nbgrader_config(root)
+    config.CourseDirectory.autograded_directory = "autograded-plain"
+    plain_api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+    plain = {}
+    for sub in subs:
+        assert plain_api.autograde("toy", sub.student, force=True, create=True)["success"]
+        with Gradebook(grader.db_url) as gb:
+            plain[sub.student] = {g.name: (float(g.score), float(g.max_score))
+                                  for nb in gb.find_submission("toy", sub.student).notebooks for g in nb.grades}
+    assert ours == plain
+    assert ours["reference"] == {"test_double": (2.0, 2.0), "test_answer_quiz": (1.0, 1.0)}

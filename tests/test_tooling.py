@@ -237,8 +237,10 @@ def test_demo_grades_gives_feedback_and_exports(tmp_path):
     assert "reference   3/3" in result.stdout and "blank       0/3" in result.stdout
     demo = root / "demo"
     grades = (demo / "grades.csv").read_text().splitlines()
-    assert len(grades) == 1 + 4 and grades[1].startswith("toy,") and "reference" in grades[1]
-    for student in ("reference", "blank", "mistakes-1", "mistakes-2"):
+    assert len(grades) == 1 + 6 and grades[1].startswith("toy,") and "reference" in grades[1]
+    assert "tamper      0/3" in result.stdout and "crash       1/3" in result.stdout
+    assert "Integrity report" in result.stdout and "toy/tamper  test_double" in result.stdout
+    for student in ("reference", "blank", "mistakes-1", "mistakes-2", "tamper", "crash"):
         assert (demo / "feedback" / student / "toy" / "toy.html").is_file(), f"no feedback for {student}"
     page = (demo / "feedback" / "mistakes-1" / "toy" / "toy.html").read_text()
     assert "np.arange(0, 10, 2)" not in page, "the feedback shows a hidden test"

@@ -1,0 +1,66 @@
+"""`coursegrader sandbox`: is the sandbox available here, and what does it cost per notebook?
+
+The cost that matters is kernel start: every notebook is graded in a fresh kernel, so the sandbox's
+launcher, bwrap's mounts and the uid switch are paid once per notebook. Measured as the median of a
+few starts, each until the kernel answers kernel_info, with and without the sandbox.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from jupyter_client import KernelManager
+from traitlets.config import Config
+
+from .grading import kernel_noise_silenced, use_this_environment
+from .sandbox import KERNEL_NAME, Limits, Sandbox, unavailable_reason
+
+
+def _start_seconds(config: Config, kernel: str, cwd: Path) -> float:
+    start = time.perf_counter()
+    km = KernelManager(kernel_name=kernel, config=config)
+    km.start_kernel(cwd=str(cwd))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        return time.perf_counter() - start
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def measure(repeats: int = 5) -> tuple[float, float]:
+    """Median kernel start in seconds: (plain python3 kernel, sandboxed kernel). Alternates the two."""
+    use_this_environment()
+    with tempfile.TemporaryDirectory(prefix="sandbox-cost-") as tmp:
+        work = Path(tmp) / "autograded" / "student"
+        work.mkdir(parents=True)
+        sandbox = Sandbox(Path(tmp) / "sandbox", writable_under=Path(tmp) / "autograded")
+        boxed = Config()
+        sandbox.configure(boxed)
+        plain, sandboxed = [], []
+        with kernel_noise_silenced():
+            for _ in range(repeats):
+                plain.append(_start_seconds(Config(), "python3", work))
+                with sandbox.active():
+                    sandboxed.append(_start_seconds(boxed, KERNEL_NAME, work))
+    return statistics.median(plain), statistics.median(sandboxed)
+
+
+def report(repeats: int = 5) -> str:
+    reason = unavailable_reason()
+    if reason:
+        return f"sandbox: NOT available ({reason}); autograde would run student code unsandboxed"
+    limits = Limits()
+    plain, boxed = measure(repeats)
+    return "\n".join([
+        "sandbox: available (bubblewrap)",
+        f"limits per kernel: {limits.memory_bytes / 1024**3:g} GiB address space, {limits.processes} processes, "
+        f"{limits.file_bytes / 1024**2:g} MiB per file, {limits.open_files} open files",
+        f"kernel start, median of {repeats}: {plain:.2f} s plain, {boxed:.2f} s sandboxed "
+        f"({boxed - plain:+.2f} s per notebook)",
+    ])
