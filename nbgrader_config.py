@@ -8,6 +8,10 @@ c = get_config()  # noqa: F821  (nbgrader provides get_config when it executes t
 
 c.CourseDirectory.course_id = "deep-generative-models"
 
+# Files nbgrader never copies between folders: its defaults, plus coursegrader's integrity findings, which
+# stay with the TA (reports/) instead of travelling into students' feedback folders.
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.integrity.json"]
+
 # Time limit for one cell while autograding, in seconds. The slowest cells of the course (training a
 # small VAE or GAN) take about 20 s on a 2-core CPU; a cell that hangs is stopped and scores 0.
 c.Execute.timeout = 120

@@ -197,3 +197,13 @@ def test_honest_grades_equal_plain_nbgrader(tmp_path):
                                   for nb in gb.find_submission("toy", sub.student).notebooks for g in nb.grades}
     assert ours == plain
     assert ours["reference"] == {"test_double": (2.0, 2.0), "test_answer_quiz": (1.0, 1.0)}
+
+
+@pytest.mark.skipif(bool(NO_SANDBOX), reason=f"needs the sandbox ({NO_SANDBOX})")
+def test_sandbox_costs_under_a_third_of_a_second_per_notebook(capsys):
+    from coursegrader.sandboxcost import measure
+
+    plain, boxed = measure(repeats=5)
+    with capsys.disabled():
+        print(f"\n  kernel start, median of 5: {plain:.2f} s plain, {boxed:.2f} s sandboxed ({boxed - plain:+.2f} s)")
+    assert boxed - plain < 0.3, f"the sandbox adds {boxed - plain:.2f} s to every kernel start (target: < 0.3 s)"

@@ -242,6 +242,7 @@ def test_demo_grades_gives_feedback_and_exports(tmp_path):
     assert "Integrity report" in result.stdout and "toy/tamper  test_double" in result.stdout
     for student in ("reference", "blank", "mistakes-1", "mistakes-2", "tamper", "crash"):
         assert (demo / "feedback" / student / "toy" / "toy.html").is_file(), f"no feedback for {student}"
+    assert not list(demo.glob("feedback/*/toy/*.integrity.json")), "integrity findings are for the TA, not feedback"
     page = (demo / "feedback" / "mistakes-1" / "toy" / "toy.html").read_text()
     assert "np.arange(0, 10, 2)" not in page, "the feedback shows a hidden test"
     assert "AssertionError: double(1) should be 2" in page, "the feedback must say which test failed and why"
