@@ -132,13 +132,12 @@ class GuardedExecute(Execute):
         self._cell_bytes = 0
         self._truncated = False
         if is_test(cell) and cell.source.strip():
-            before = self._probe_or_flag(cell, index)
             cell, resources = super().preprocess_cell(cell, resources, index)
             after = self._probe_or_flag(cell, index)
             if self.baseline_problem:
                 self._flag(cell, index, [self.baseline_problem])
-            elif before and after:
-                problems = [integrity.rewritten(cell.source, before, after), *integrity.changes(self.baseline, after),
+            elif after:
+                problems = [integrity.rewritten(cell.source, after), *integrity.changes(self.baseline, after),
                             *integrity.foreign_modules(self.baseline)]
                 self._flag(cell, index, [p for p in problems if p])
         else:

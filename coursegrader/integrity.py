@@ -4,13 +4,13 @@ A student's code shares the kernel with the hidden tests, so it can try to make 
 right: blank later cells with an IPython input transformer, strip asserts with an AST transformer,
 replace `builtins.abs` or `numpy.testing.assert_allclose`, put a fake module into `sys.modules`, or ship a
 `numpy.py` beside the notebook. The grader cannot look into the kernel from outside, but it can ask:
-before the first cell and around every graded test cell it evaluates a probe as a *user expression*
+before the first cell and after every graded test cell it evaluates a probe as a *user expression*
 (evaluated by the kernel directly, past every input transformer) that reports
 
 - the identity of every callable in the watched modules, and where those modules were loaded from;
 - the IPython hooks (input and AST transformers, event callbacks, custom exception handlers, the
   shell's run methods) and any trace or profile function;
-- the last input the kernel actually executed, and its execution count.
+- the last input the kernel actually executed.
 
 `changes` compares a probe with the one taken before the first cell; `rewritten` checks that the test
 cell the kernel ran is the test cell the grader sent. A determined student with deep knowledge of
@@ -41,8 +41,11 @@ SHELL_METHODS = ("run_cell", "run_cell_async", "run_ast_nodes", "run_code", "tra
 PROBE_SOURCE = r'''
 import builtins, importlib, json, os, sys
 prefixes = tuple(os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+seen = {}
 def installed(path):
-    return bool(path) and os.path.realpath(path).startswith(prefixes)
+    if path not in seen:
+        seen[path] = bool(path) and os.path.realpath(path).startswith(prefixes)
+    return seen[path]
 def origin(obj):
     """Where a hook was defined: 'installed', or the file (or '<cell>') it came from."""
     f = getattr(obj, "__func__", obj)
@@ -98,7 +101,7 @@ overridden = sorted(n for n in SHELL_METHODS if n in vars(ip))
 hist = ip.history_manager.input_hist_parsed
 out = json.dumps({"modules": modules, "hooks": hooks, "shell": shell, "overridden": overridden,
                   "trace": sys.gettrace() is not None, "profile": sys.getprofile() is not None,
-                  "last_input": hist[-1] if hist else None, "count": ip.execution_count})
+                  "last_input": hist[-1] if hist else None})
 '''
 
 
@@ -207,11 +210,10 @@ def expected_input(source: str) -> str:
         return source
 
 
-def rewritten(source: str, before: Probe, after: Probe) -> str:
-    """Why the test cell that ran is not the one sent ('' if it is): blanked, rewritten or not run at all."""
-    if after.data["count"] != before.data["count"] + 1:
-        return "the test cell was not executed (the execution count did not move)"
+def rewritten(source: str, after: Probe) -> str:
+    """Why the test cell that ran is not the one sent ('' if it is): blanked, rewritten, or not run at all
+    (then the last input the kernel stored is an earlier cell's)."""
     ran = after.data["last_input"]
     if ran is None or ran.strip() != expected_input(source).strip():
-        return "the test cell's code was rewritten before it ran (an input transformer or a patched shell)"
+        return "the test cell did not run as written (blanked or rewritten by an input transformer or a patched shell)"
     return ""
