@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from jupyter_core.utils import run_sync
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
-from traitlets import Integer
+from traitlets import Dict, Integer
 
 from . import integrity
 from .notebooks import is_test
@@ -60,6 +61,8 @@ class GuardedExecute(Execute):
     max_output_bytes = Integer(2_000_000, help="outputs kept per cell (figures included)").tag(config=True)
     max_message_chars = Integer(10_000, help="characters kept of an error message or a result").tag(config=True)
     probe_timeout = Integer(30, help="seconds the kernel has to answer an integrity probe").tag(config=True)
+    bindings = Dict(help="name -> [module, attribute]: what the course's imports bind (integrity.import_bindings); "
+                         "set per assignment by the grader").tag(config=True)
 
     # --- the notebook: run, and run again without a cell that stopped the kernel -----------------
     def preprocess(self, nb: NotebookNode, resources: dict, km=None) -> tuple[NotebookNode, dict]:
@@ -72,6 +75,7 @@ class GuardedExecute(Execute):
             self.current: int | None = None
             self.baseline: integrity.Probe | None = None
             self.baseline_problem = ""  # why the first probe failed: then no test cell can be trusted
+            self.digests: dict[str, int] = {}  # module -> digests of states already checked
             self.exit_code: int | None = None
             self.watched = integrity.watched_modules([c.source for c in pristine.cells if c.cell_type == "code"])
             try:
@@ -116,6 +120,8 @@ class GuardedExecute(Execute):
         if self.baseline is None and not self.baseline_problem:
             try:
                 self.baseline = self._probe(import_them=True)
+                self.watched = list(self.baseline.data["modules"])  # with the submodules the baseline added
+                self.digests = {m: d["digest"] for m, d in self.baseline.data["modules"].items()}
             except ValueError as exc:
                 self.baseline_problem = f"before the first cell: {exc}"
         if index in self.stopped:
@@ -132,14 +138,17 @@ class GuardedExecute(Execute):
         self._cell_bytes = 0
         self._truncated = False
         if is_test(cell) and cell.source.strip():
+            # Checked before (a patch that undoes itself inside the test) and after (one the test triggers).
+            before = self._probe_or_flag(cell, index)
+            problems = self._changes(before, cell, index) if before and self.baseline else []
             cell, resources = super().preprocess_cell(cell, resources, index)
             after = self._probe_or_flag(cell, index)
             if self.baseline_problem:
                 self._flag(cell, index, [self.baseline_problem])
-            elif after:
-                problems = [integrity.rewritten(cell.source, after), *integrity.changes(self.baseline, after),
-                            *integrity.foreign_modules(self.baseline)]
-                self._flag(cell, index, [p for p in problems if p])
+            elif before and after:
+                problems += [integrity.rewritten(cell.source, after), *self._changes(after, cell, index),
+                             *integrity.foreign_modules(self.baseline)]
+                self._flag(cell, index, list(dict.fromkeys(p for p in problems if p)))
         else:
             cell, resources = super().preprocess_cell(cell, resources, index)
         self._after_timeout_check(cell)
@@ -155,8 +164,26 @@ class GuardedExecute(Execute):
                 raise KernelStopped(f"timed out and unresponsive: {exc}") from None
 
     # --- integrity --------------------------------------------------------------------------------
-    async def _async_probe(self, import_them: bool = False, timeout: int | None = None) -> integrity.Probe:
-        expression = integrity.probe_expression(self.watched, import_them)
+    def _changes(self, probe: integrity.Probe, cell: NotebookNode, index: int) -> list[str]:
+        """What changed since the baseline. A module whose digest differs from every state already
+        checked is listed in full by a second probe; a change found harmless (torch wrapping its own
+        functions) is remembered, so the next probes stay small."""
+        stale = [m for m, d in probe.data["modules"].items() if d["digest"] != self.digests.get(m)]
+        if stale:
+            detail = self._probe_or_flag(cell, index, detail=stale)
+            if detail is None:
+                return []
+            probe.data["modules"].update(detail.data["modules"])
+        problems = integrity.changes(self.baseline, probe)
+        if not problems:
+            self.digests.update({m: probe.data["modules"][m]["digest"] for m in stale})
+        return problems
+
+    async def _async_probe(self, import_them: bool = False, timeout: int | None = None,
+                           detail: list[str] | None = ()) -> integrity.Probe:
+        """Evaluate the probe in the kernel. `detail`: modules to list in full (() none, None all)."""
+        expression = integrity.probe_expression(self.watched, import_them, self.bindings,
+                                                None if import_them else list(detail))
         msg_id = self.kc.execute("", silent=True, store_history=False, user_expressions={"probe": expression})
         deadline = time.monotonic() + (timeout or self.probe_timeout)
         while True:
@@ -174,9 +201,9 @@ class GuardedExecute(Execute):
 
     _probe = run_sync(_async_probe)
 
-    def _probe_or_flag(self, cell: NotebookNode, index: int) -> integrity.Probe | None:
+    def _probe_or_flag(self, cell: NotebookNode, index: int, detail: list[str] = ()) -> integrity.Probe | None:
         try:
-            return self._probe()
+            return self._probe(detail=detail)
         except ValueError as exc:  # the probe ran but could not report: something it relies on is broken
             self._flag(cell, index, [str(exc)])
             return None
@@ -197,9 +224,13 @@ class GuardedExecute(Execute):
     def _save_findings(self, resources: dict) -> None:
         folder = resources.get("metadata", {}).get("path")
         name = resources.get("unique_key") or resources.get("metadata", {}).get("name")
-        if folder and name:  # always written, so a file the student's code left there is replaced
+        if folder and name:  # always written, replacing (never writing through) whatever is there
             path = Path(folder) / f"{Path(name).name}{INTEGRITY_SUFFIX}"
-            path.write_text(json.dumps(self.findings, indent=1), encoding="utf-8")
+            if path.is_symlink() or path.exists():
+                path.unlink()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.findings, f, indent=1)
 
     # --- outputs ------------------------------------------------------------------------------------
     def output(self, outs, msg, display_id, cell_index):

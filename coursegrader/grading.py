@@ -28,6 +28,8 @@ from sqlalchemy.exc import SAWarning
 from .course import CONFIG_FILE, Course
 from .errors import CourseError
 from .execution import GuardedExecute, read_findings
+from .integrity import import_bindings
+from .notebooks import is_solution, read_notebook
 from .sandbox import Sandbox, unavailable_reason
 
 
@@ -141,10 +143,11 @@ class Grader:
         else:
             self._sandbox_dir = tempfile.TemporaryDirectory(prefix="coursegrader-sandbox-")
             autograded = Path(root) / CourseDirectory(config=self.config).autograded_directory
-            self.sandbox = Sandbox(Path(self._sandbox_dir.name), writable_under=autograded)
+            self.sandbox = Sandbox(Path(self._sandbox_dir.name), autograded=autograded)
             self.sandbox.configure(self.config)
         self.coursedir = CourseDirectory(config=self.config)
         self.api = NbGraderAPI(coursedir=self.coursedir, config=self.config)
+        self._bindings: dict[str, dict] = {}
 
     @property
     def sandboxed(self) -> bool:
@@ -156,7 +159,7 @@ class Grader:
             if self.sandbox is None:
                 yield
             else:
-                with self.sandbox.active():
+                with self.sandbox.active(self.config):
                     yield
 
     @property
@@ -187,6 +190,10 @@ class Grader:
             self.generate(aid, Path(tmp))
 
     def autograde(self, aid: str, student: str) -> GradeResult:
+        if aid not in self._bindings:  # what the course's imports bind, from the source: the student cannot change it
+            cells = read_notebook(self.course.source_notebook(aid)).cells
+            self._bindings[aid] = import_bindings([c.source for c in cells if c.cell_type == "code" and not is_solution(c)])
+        self.config.GuardedExecute.bindings = self._bindings[aid]
         start = time.perf_counter()
         with self._grading():
             result = self.api.autograde(aid, student, force=True, create=True)

@@ -67,27 +67,41 @@ def describe(obj):
     f = getattr(obj, "__func__", obj)
     name = getattr(f, "__qualname__", None) or type(f).__qualname__
     return [getattr(f, "__module__", None) or type(f).__module__, name, origin(obj)]
-modules = {}
+def inner(v, attr):
+    try:
+        return None if isinstance(v, type) else getattr(v, attr, None)
+    except Exception:
+        return None
+def entry(v):
+    """[id, id of what it wraps (0: nothing), made by installed code, digest of the code and defaults behind it].
+    The digest catches a function changed in place (np.allclose._implementation.__defaults__ = ...)."""
+    wrapped = inner(v, "__wrapped__")
+    f = inner(v, "_implementation") or v
+    code = inner(f, "__code__")
+    digest = 0
+    if code is not None:
+        digest = hash((id(code), id(inner(f, "__defaults__")), repr(inner(f, "__kwdefaults__"))))
+    return [id(v), id(wrapped) if wrapped is not None else 0, wrapped is not None and origin(v) == "installed", digest]
+watch = list(WATCH)
 for name in WATCH:
     if IMPORT:
         try:
             importlib.import_module(name)
         except Exception:
             pass
+if IMPORT:  # the baseline also watches every loaded submodule of these (their functions call each other)
+    watch += sorted(m for m in list(sys.modules) if m.startswith(EXPAND) and m not in watch)
+modules = {}
+for name in watch:
     m = sys.modules.get(name)
     if m is None:
         continue
-    ids = {}
-    for k, v in list(vars(m).items()):
-        if callable(v) and k not in ("_", "__", "___"):
-            try:
-                inner = v.__wrapped__ if not isinstance(v, type) else None
-            except Exception:
-                inner = None
-            # a wrapper (functools.wraps) also reports what it wraps and whether installed code made it
-            ids[k] = id(v) if inner is None else [id(v), id(inner), origin(v) == "installed"]
+    ids = {k: entry(v) for k, v in list(vars(m).items()) if callable(v) and k not in ("_", "__", "___")}
     modules[name] = {"id": id(m), "file": getattr(m, "__file__", None), "installed": name == "builtins"
-                     or installed(getattr(m, "__file__", None)), "ids": ids}
+                     or installed(getattr(m, "__file__", None)),
+                     "digest": hash(tuple(sorted((k, tuple(e)) for k, e in ids.items())))}
+    if DETAIL is None or name in DETAIL:  # the full list only when asked: it is most of the probe's size
+        modules[name]["ids"] = ids
 ip = sys.modules["IPython"].get_ipython()
 hooks = {
     "input_transformers_cleanup": [describe(t) for t in ip.input_transformers_cleanup],
@@ -98,8 +112,29 @@ hooks = {
 }
 shell = {n: id(getattr(type(ip), n, None)) for n in SHELL_METHODS}
 overridden = sorted(n for n in SHELL_METHODS if n in vars(ip))
+# what turns code into bytecode, and what sends replies and errors to the grader
+parts = {"compile": (ip.compile, ("ast_parse", "__call__", "cache")),
+         "kernel.session": (getattr(getattr(ip, "kernel", None), "session", None), ("send", "serialize", "sign")),
+         "display_pub.session": (getattr(ip.display_pub, "session", None), ("send", "serialize", "sign")),
+         "displayhook.session": (getattr(ip.displayhook, "session", None), ("send", "serialize", "sign"))}
+for label, (obj, methods) in parts.items():
+    if obj is not None:
+        shell[label] = [id(obj)] + [id(getattr(type(obj), n, None)) for n in methods]
+        overridden += [f"{label}.{n}" for n in methods if n in vars(obj)]
+hooks["text/plain printers"] = [describe(p) for p in
+                                list(ip.display_formatter.formatters["text/plain"].type_printers.values())]
 hist = ip.history_manager.input_hist_parsed
-out = json.dumps({"modules": modules, "hooks": hooks, "shell": shell, "overridden": overridden,
+rebound = {}  # names the course's imports bind, now bound to something else (e.g. np = a fake module)
+for name, (module, attr) in BINDINGS.items():
+    mod = sys.modules.get(module)
+    if name not in ip.user_ns or mod is None:
+        continue  # not imported yet at this point of the notebook
+    value = ip.user_ns[name]
+    target = mod if attr is None else getattr(mod, attr, None)
+    genuine = getattr(mod, "__file__", None) is None or installed(mod.__file__)
+    if value is not target or not genuine:
+        rebound[name] = f"{module}.{attr}" if attr else module
+out = json.dumps({"modules": modules, "hooks": hooks, "shell": shell, "overridden": overridden, "rebound": rebound,
                   "trace": sys.gettrace() is not None, "profile": sys.getprofile() is not None,
                   "last_input": hist[-1] if hist else None})
 '''
@@ -118,10 +153,48 @@ def watched_modules(sources: list[str]) -> list[str]:
     return [m for pkg, mods in WATCHED.items() if pkg in used for m in mods]
 
 
-def probe_expression(watched: list[str], import_them: bool) -> str:
-    """A user expression that runs PROBE_SOURCE in a namespace of its own and returns its JSON."""
-    source = f"WATCH = {watched!r}\nIMPORT = {import_them!r}\nSHELL_METHODS = {SHELL_METHODS!r}\n" + PROBE_SOURCE
-    return f"(lambda ns: __import__('builtins').exec({source!r}, ns) or ns['out'])({{}})"
+def import_bindings(sources: list[str]) -> dict[str, list]:
+    """Names the course's own code (given cells and tests) binds by import: name -> [module, attribute or None].
+
+    The tests look these names up in the notebook's namespace, so `np = something_else` in a student's cell
+    would change what the tests call; the probe checks each one is still what the import bound.
+    """
+    found: dict[str, list] = {}
+    for source in sources:
+        try:
+            tree = ast.parse(TransformerManager().transform_cell(source))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.asname:
+                        found[a.asname] = [a.name, None]
+                    else:
+                        top = a.name.split(".")[0]
+                        found[top] = [top, None]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for a in node.names:
+                    if a.name != "*":
+                        found[a.asname or a.name] = [node.module, a.name]
+    return found
+
+
+EXPAND = ("numpy.", "torch.testing.")
+
+# The expression names nothing the notebook could shadow (`__import__`, `exec`, `__builtins__` are all
+# looked up in the notebook's namespace first): it reaches the real builtins through the import machinery.
+_BOOTSTRAP = "[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == 'BuiltinImporter'][0]" \
+             ".find_spec.__func__.__globals__['__builtins__']"
+
+
+def probe_expression(watched: list[str], import_them: bool, bindings: dict[str, list] | None = None,
+                     detail: list[str] | None = None) -> str:
+    """A user expression that runs PROBE_SOURCE in a namespace of its own and returns its JSON.
+    `detail`: modules whose every callable is listed (None: all); the others report a digest."""
+    source = (f"WATCH = {watched!r}\nIMPORT = {import_them!r}\nEXPAND = {EXPAND!r}\nDETAIL = {detail!r}\n"
+              f"SHELL_METHODS = {SHELL_METHODS!r}\nBINDINGS = {bindings or {}!r}\n" + PROBE_SOURCE)
+    return f"(lambda b: (lambda ns: b['exec']({source!r}, ns) or ns['out'])({{'__builtins__': b}}))({_BOOTSTRAP})"
 
 
 @dataclass(frozen=True)
@@ -152,15 +225,14 @@ def foreign_modules(baseline: Probe) -> list[str]:
             for name, m in baseline.data["modules"].items() if not m["installed"]]
 
 
-def _same(before, after) -> bool:
-    """Is a module attribute still the original, or an installed wrapper of it (torch wraps some
+def _same(before: list, after: list | None) -> bool:
+    """Is a module attribute still the original, unchanged, or an installed wrapper of it (torch wraps some
     functions on first use, e.g. torch.manual_seed when torch._dynamo loads)?"""
-    first = lambda entry: entry[0] if isinstance(entry, list) else entry  # noqa: E731
     if after is None:
         return False
-    if first(after) == first(before):
-        return True
-    return isinstance(after, list) and after[1] == first(before) and after[2]
+    if after[0] == before[0]:
+        return after[3] == before[3]
+    return after[1] == before[0] and after[2]
 
 
 def changes(baseline: Probe, now: Probe) -> list[str]:
@@ -173,6 +245,8 @@ def changes(baseline: Probe, now: Probe) -> list[str]:
             continue
         if after["id"] != before["id"]:
             found.append(f"sys.modules['{name}'] was replaced by another module ({after['file']})")
+        if "ids" not in after:  # its digest matched one already checked
+            continue
         changed = sorted(k for k, v in before["ids"].items() if not _same(v, after["ids"].get(k)))
         if changed:
             shown = ", ".join(f"{name}.{k}" for k in changed[:5]) + (" ..." if len(changed) > 5 else "")
@@ -193,6 +267,8 @@ def changes(baseline: Probe, now: Probe) -> list[str]:
     replaced |= set(now.data["overridden"]) - set(baseline.data["overridden"])
     if replaced:
         found.append(f"IPython shell methods replaced: {', '.join(sorted(replaced))}")
+    for name, what in now.data.get("rebound", {}).items():
+        found.append(f"'{name}' is no longer {what}, which the tests expect it to be")
     for hook in ("trace", "profile"):
         if now.data[hook] and not baseline.data[hook]:
             found.append(f"a {hook} function is set (sys.set{hook})")

@@ -5,8 +5,10 @@ kernel starts through a kernel spec whose command is this module's launcher, whi
 
 - the file system is empty but for read-only system directories, the Python installation and a few
   files of /etc: no course directory, no gradebook, no other student, no home directory;
-- the student's autograded folder (the kernel's working directory) and a private scratch folder
-  (connection file, IPC sockets, HOME, TMPDIR) are the only writable places;
+- the only writable places are fresh folders no other kernel sees: the connection file and IPC sockets
+  (one folder per student), HOME and TMPDIR (one per kernel), and a private copy of the student's
+  autograded folder, mounted where the kernel expects its working directory. The real autograded folder
+  is never writable, so nothing a student plants there (a symlink, say) is later written through as root;
 - no network (a new network namespace: even loopback is a different one), new PID/IPC/UTS namespaces,
   and the sandbox dies with the grader;
 - an environment cleared down to a short allow-list (a TA's tokens never reach student code);
@@ -101,16 +103,16 @@ def claim_uid() -> tuple[int, object]:
 class Sandbox:
     """The kernel spec for sandboxed grading, written into a private folder, and how to make Jupyter use it."""
 
-    def __init__(self, workdir: Path, writable_under: Path, limits: Limits = Limits()):
+    def __init__(self, workdir: Path, autograded: Path, limits: Limits = Limits()):
         self.workdir = workdir
         self.uid, self._claim = claim_uid() if os.geteuid() == 0 else (os.getuid(), None)
         uid = self.uid
-        self.runtime = workdir / "runtime"  # connection files and IPC sockets: the sandbox's own
+        self.runtime = workdir / "runtime"  # one fresh folder per student inside: connection file, IPC sockets
         self.runtime.mkdir(parents=True, exist_ok=True)
         spec_dir = workdir / "share" / "jupyter" / "kernels" / KERNEL_NAME
         spec_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-I", "-m", "coursegrader.sandbox", "--limits", json.dumps(asdict(limits)),
-                "--uid", str(uid), "--runtime", str(self.runtime), "--writable-under", str(writable_under),
+                "--uid", str(uid), "--runtime", str(self.runtime), "--autograded", str(autograded),
                 "{connection_file}"]
         spec = {"argv": argv, "display_name": "Python 3 (sandboxed grading)", "language": "python",
                 "interrupt_mode": "message", "metadata": {"debugger": False}}
@@ -120,18 +122,23 @@ class Sandbox:
         """Point nbgrader's Execute at the sandboxed kernel, over IPC (the sandbox has no shared loopback)."""
         config.Execute.kernel_name = KERNEL_NAME
         config.KernelManager.transport = "ipc"
-        config.KernelManager.connection_file = str(self.runtime / "kernel.json")  # IPC sockets: kernel-ipc-*
+        config.KernelManager.connection_file = str(self.runtime / "kernel.json")
 
     @contextmanager
-    def active(self) -> Iterator[None]:
-        """While grading: Jupyter finds the kernel spec here and writes connection files to our runtime folder."""
+    def active(self, config) -> Iterator[None]:
+        """While grading one student: Jupyter finds the kernel spec here, and the kernels' connection file and
+        sockets go to a fresh folder that is deleted afterwards, so nothing one student's kernel leaves
+        there reaches the next student."""
         saved = {k: os.environ.get(k) for k in ("JUPYTER_PATH", "JUPYTER_RUNTIME_DIR")}
         os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(self.workdir / "share" / "jupyter"),
                                                                    saved["JUPYTER_PATH"]]))
-        os.environ["JUPYTER_RUNTIME_DIR"] = str(self.runtime)
+        runtime = tempfile.mkdtemp(prefix="student-", dir=self.runtime)
+        os.environ["JUPYTER_RUNTIME_DIR"] = runtime
+        config.KernelManager.connection_file = os.path.join(runtime, "kernel.json")  # IPC sockets: kernel-ipc-*
         try:
             yield
         finally:
+            shutil.rmtree(runtime, ignore_errors=True)  # removes links, never follows them
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)
@@ -153,22 +160,25 @@ def _system_binds() -> list[str]:
     return args
 
 
-def _with_parents(binds: list[tuple[str, str]]) -> list[str]:
-    """bwrap creates missing parents of a mount point as 0700, which an unprivileged uid cannot cross."""
+def _with_parents(binds: list[tuple[str, str, str]]) -> list[str]:
+    """(flag, source, mount point) binds, each after `--dir` for its parents: bwrap would create missing
+    parents as 0700, which an unprivileged uid cannot cross."""
     args, made = [], set()
-    for flag, path in sorted(binds, key=lambda b: Path(b[1]).parts):  # a parent before what it holds
+    for flag, source, path in sorted(binds, key=lambda b: Path(b[2]).parts):  # a parent before what it holds
         for parent in reversed(Path(path).parents):
             p = str(parent)
             if p not in made and p not in ("/", "/usr", "/etc", "/tmp"):
                 args += ["--dir", p]
                 made.add(p)
-        args += [flag, path, path]
+        args += [flag, source, path]
         made.add(path)
     return args
 
 
-def bwrap_command(kernel: list[str], connection_file: str, cwd: str, scratch: str, uid: int | None) -> list[str]:
-    """The full command line: bwrap, its mounts and namespaces, then (as root) setpriv to `uid`, then the kernel."""
+def bwrap_command(kernel: list[str], connection_file: str, cwd: str, work: str, scratch: str,
+                  uid: int | None) -> list[str]:
+    """The full command line: bwrap, its mounts and namespaces, then (as root) setpriv to `uid`, then the kernel.
+    `work`, a copy of `cwd`, is mounted at `cwd`."""
     pythons = sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), sys.prefix})
     runtime = os.path.dirname(os.path.abspath(connection_file))
     env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
@@ -176,7 +186,7 @@ def bwrap_command(kernel: list[str], connection_file: str, cwd: str, scratch: st
                PATH=os.pathsep.join([os.path.join(sys.prefix, "bin"), "/usr/bin", "/bin"]))
     env.setdefault("LANG", "C.UTF-8")
     cmd = ["bwrap", *_system_binds(), "--perms", "1777", "--size", str(64 * MiB), "--tmpfs", "/tmp",
-           *_with_parents([("--ro-bind", p) for p in pythons] + [("--bind", runtime), ("--bind", cwd)]),
+           *_with_parents([("--ro-bind", p, p) for p in pythons] + [("--bind", runtime, runtime), ("--bind", work, cwd)]),
            "--dev", "/dev", "--proc", "/proc",
            *_namespaces(), "--die-with-parent", "--new-session", "--chdir", cwd, "--clearenv"]
     for key, value in env.items():
@@ -189,12 +199,12 @@ def bwrap_command(kernel: list[str], connection_file: str, cwd: str, scratch: st
 
 
 def _give_to(uid: int, *paths: str) -> None:
+    """chown folders we just made, and what is in them, without following any link."""
     for path in paths:
-        os.chown(path, uid, uid)
-        if os.path.isdir(path):
-            for dirpath, dirnames, filenames in os.walk(path):
-                for name in dirnames + filenames:
-                    os.lchown(os.path.join(dirpath, name), uid, uid)
+        os.lchown(path, uid, uid)
+        for dirpath, dirnames, filenames in os.walk(path):
+            for name in dirnames + filenames:
+                os.lchown(os.path.join(dirpath, name), uid, uid)
 
 
 def _apply(limits: Limits) -> None:
@@ -238,37 +248,39 @@ def launch(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="python -m coursegrader.sandbox", description="start a kernel under bwrap")
     p.add_argument("--limits", required=True, help="JSON of Limits")
     p.add_argument("--uid", type=int, required=True, help="uid the kernel runs as when the grader is root")
-    p.add_argument("--runtime", required=True, help="the private folder of connection files and sockets")
-    p.add_argument("--writable-under", required=True, help="the kernel's working folder must be inside this one")
+    p.add_argument("--runtime", required=True, help="the grader's folder of per-student runtime folders")
+    p.add_argument("--autograded", required=True, help="the kernel's working folder must be inside this one")
     p.add_argument("connection_file")
     args, extra = p.parse_known_args(argv)
     limits = Limits(**json.loads(args.limits))
     cwd = os.path.realpath(os.getcwd())
-    runtime = os.path.realpath(args.runtime)
-    # Files here change owner: refuse anything but the grader's own folders.
-    if os.path.dirname(os.path.realpath(args.connection_file)) != runtime:
-        sys.exit(f"coursegrader.sandbox: connection file {args.connection_file} is not in {runtime}")
-    if not Path(cwd).is_relative_to(os.path.realpath(args.writable_under)) or cwd == os.path.realpath(args.writable_under):
-        sys.exit(f"coursegrader.sandbox: will not run a kernel in {cwd} (not inside {args.writable_under})")
-    scratch = os.path.join(runtime, "home-" + os.path.splitext(os.path.basename(args.connection_file))[0])
-    for old in Path(runtime).glob("home-*"):  # an earlier kernel's files are not the next student's to read
-        shutil.rmtree(old, ignore_errors=True)
-    os.makedirs(os.path.join(scratch, "matplotlib"), exist_ok=True)
+    runtime = os.path.dirname(os.path.abspath(args.connection_file))
+    # Folders here change owner: refuse anything but the grader's own.
+    if os.path.islink(runtime) or os.path.dirname(runtime) != os.path.realpath(args.runtime):
+        sys.exit(f"coursegrader.sandbox: connection file {args.connection_file} is not in a folder of {args.runtime}")
+    autograded = os.path.realpath(args.autograded)
+    if not Path(cwd).is_relative_to(autograded) or cwd == autograded:
+        sys.exit(f"coursegrader.sandbox: will not run a kernel in {cwd} (not inside {autograded})")
+    uid = args.uid if os.geteuid() == 0 else None
+    _clear(uid)
+    # Fresh folders for this kernel only (random names: nothing can be planted in advance).
+    scratch = tempfile.mkdtemp(prefix="home-", dir=runtime)
+    work = tempfile.mkdtemp(prefix="work-", dir=runtime)
+    shutil.copytree(cwd, work, symlinks=True, dirs_exist_ok=True)
+    os.mkdir(os.path.join(scratch, "matplotlib"))
     cache = Path.home() / ".cache" / "matplotlib"  # a font cache saves every kernel ~1 s of font scanning
     for fontlist in cache.glob("fontlist-*.json"):
         shutil.copy2(fontlist, os.path.join(scratch, "matplotlib", fontlist.name))
-    uid = args.uid if os.geteuid() == 0 else None
-    _clear(uid)
     if uid is not None:
-        _give_to(uid, scratch, cwd)
-        for path in (runtime, args.connection_file):
-            os.chown(path, uid, uid)
+        _give_to(uid, scratch, work)
+        os.chown(runtime, uid, uid)
+        os.lchown(args.connection_file, uid, uid)
     else:
         limits = Limits(limits.memory_bytes, limits.processes + _tasks_of(os.getuid()), limits.file_bytes,
                         limits.open_files)
     kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", args.connection_file, *extra]
     _apply(limits)
-    cmd = bwrap_command(kernel, args.connection_file, cwd, scratch, uid)
+    cmd = bwrap_command(kernel, args.connection_file, cwd, work, scratch, uid)
     null = os.open(os.devnull, os.O_WRONLY)  # ipykernel prints a connection banner to stdout: not for the TA
     os.dup2(null, 1)
     os.execvp(cmd[0], cmd)

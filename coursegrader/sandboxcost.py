@@ -39,14 +39,14 @@ def measure(repeats: int = 5) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="sandbox-cost-") as tmp:
         work = Path(tmp) / "autograded" / "student"
         work.mkdir(parents=True)
-        sandbox = Sandbox(Path(tmp) / "sandbox", writable_under=Path(tmp) / "autograded")
+        sandbox = Sandbox(Path(tmp) / "sandbox", autograded=Path(tmp) / "autograded")
         boxed = Config()
         sandbox.configure(boxed)
         plain, sandboxed = [], []
         with kernel_noise_silenced():
             for _ in range(repeats):
                 plain.append(_start_seconds(Config(), "python3", work))
-                with sandbox.active():
+                with sandbox.active(boxed):
                     sandboxed.append(_start_seconds(boxed, KERNEL_NAME, work))
     return statistics.median(plain), statistics.median(sandboxed)
 

@@ -186,6 +186,95 @@ def cases(root: Path, port: int) -> list[Case]:
              ZERO, tampered={"test_double", "test_answer_quiz"}),
         Case("cheat-settrace", hand_in(RIGHT, [("", "import sys\nsys.settrace(lambda *a: None)")]),
              ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-fake-np", hand_in({**RIGHT, "double": WRONG["double"]}, [("test_double", """
+            class FakeNumpy:
+                def __getattr__(self, name):
+                    return getattr(__import__("numpy"), name)
+                def allclose(self, *args, **kwargs):
+                    return True
+            np = FakeNumpy()""")]), ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-defaults", hand_in({**RIGHT, "double": WRONG["double"]}, [("test_double", """
+            np.allclose._implementation.__defaults__ = (1e9, 1e9, False)""")]),
+             ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-submodule", hand_in({**RIGHT, "double": WRONG["double"]}, [("test_double", """
+            import numpy._core.numeric as numeric
+            numeric.isclose = lambda *a, **k: True""")]),
+             ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-one-shot", hand_in({**RIGHT, "double": WRONG["double"]}, [("test_double", """
+            original = np.allclose
+            def once(*args, **kwargs):
+                np.allclose = original  # undoes itself inside the hidden test, before the check after it
+                return True
+            np.allclose = once""")]), ONLY_QUIZ, tampered={"test_double"}),
+        Case("cheat-thread", hand_in({**RIGHT, "double": WRONG["double"]}, [("test_double", """
+            import threading, time
+            original = np.allclose
+            np.allclose = lambda *a, **k: True
+            def undo():  # hides the patch from a check made long after the test
+                time.sleep(20)
+                np.allclose = original
+            threading.Thread(target=undo, daemon=True).start()""")]), ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-oracle", hand_in(WRONG, [("", """
+            import ast as _ast, re
+            _ip = get_ipython()
+            def _pre(info):  # reads the hidden test as it arrives and writes the answer it wants
+                m = re.search("answer_quiz" + r" == (\\{.*?\\})", info.raw_cell or "")
+                if m:
+                    _ip.user_ns["answer_quiz"] = _ast.literal_eval(m.group(1))
+                if "np.allclose(double" in (info.raw_cell or ""):
+                    _ip.user_ns["double"] = lambda x: 2 * np.asarray(x)
+            def _post(result):
+                if "answer_quiz" + " ==" in (result.info.raw_cell or ""):
+                    _ip.events.unregister("pre_run_cell", _pre)
+                    _ip.events.unregister("post_run_cell", _post)
+            _ip.events.register("pre_run_cell", _pre)
+            _ip.events.register("post_run_cell", _post)""")]), ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-compile", hand_in(WRONG, [("", """
+            import ast
+            _c = get_ipython().compile
+            _parse = _c.ast_parse
+            class _NoAsserts(ast.NodeTransformer):
+                def visit_Assert(self, node):
+                    return ast.Pass()
+            _c.ast_parse = lambda *a, **k: ast.fix_missing_locations(_NoAsserts().visit(_parse(*a, **k)))""")]),
+             ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-drop-errors", hand_in(WRONG, [("", """
+            _sess = get_ipython().displayhook.session
+            _send = _sess.send
+            def _quiet(stream, msg_or_type, *a, _send=_send, **k):
+                if msg_or_type == "error":
+                    return None
+                if msg_or_type == "execute_reply":
+                    content = a[0] if a else k.get("content")
+                    if content.get("status") == "error":
+                        for key in ("ename", "evalue", "traceback"):
+                            content.pop(key, None)
+                        content["status"] = "ok"
+                return _send(stream, msg_or_type, *a, **k)
+            _sess.send = _quiet""")]), ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-fake-import", hand_in({**RIGHT, "double": WRONG["double"]}, [("test_double", """
+            import builtins as _b
+            _orig_allclose = np.allclose
+            np.allclose = lambda *a, **k: True
+            _fake_allclose = np.allclose
+            class _FakeB:  # hands a probe that imports builtins by name an exec that hides the patch
+                def __getattr__(self, n):
+                    return getattr(_b, n)
+                def exec(self, src, ns):
+                    np.allclose = _orig_allclose
+                    try:
+                        return _b.exec(src, ns)
+                    finally:
+                        np.allclose = _fake_allclose
+            def __import__(name, *a, **k):
+                return _FakeB() if name == "builtins" else _b.__import__(name, *a, **k)""")]),
+             ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-formatter", hand_in({**RIGHT, "double": WRONG["double"]}, [("test_double", """
+            np.allclose = lambda *a, **k: True
+            def _fix(s, p, cycle):  # rewrites what the kernel reports about itself
+                p.text(repr(s.replace("allclose", "allclose_")))
+            get_ipython().display_formatter.formatters["text/plain"].for_type(str, _fix)""")]),
+             ZERO, tampered={"test_double", "test_answer_quiz"}),
         Case("cheat-numpy-py", hand_in(WRONG, files={"numpy.py": FAKE_NUMPY}),
              ZERO, tampered={"test_double", "test_answer_quiz"}, note="extra files graded alongside: numpy.py"),
         Case("cheat-edit-test", hand_in(WRONG, edit=_replace_test("test_double", "pass")), ZERO),
@@ -193,6 +282,27 @@ def cases(root: Path, port: int) -> list[Case]:
         Case("cheat-points", hand_in(RIGHT, edit=_points("test_double", 100)), FULL),
         Case("cheat-exit-before-tests", hand_in(WRONG, [("test_double", "import os\nos._exit(0)")]), ZERO,
              failed={"cell 4"}),
+        # --- writing through links as root, or leaving something behind for the next student
+        Case("plant-symlinks", hand_in(RIGHT, [("", f"""
+            import os
+            os.symlink({str(root / 'victim.txt')!r}, 'toy.integrity.json')
+            os.symlink({str(root / 'victim-dir')!r}, 'linked-dir')
+            os.rename(os.environ['HOME'], os.environ['HOME'] + '-old')
+            os.symlink({str(root / 'victim-dir')!r}, os.environ['HOME'])"""), ("test_answer_quiz", f"""
+            import os
+            os.remove('toy.ipynb')
+            os.symlink({str(root / 'victim.txt')!r}, 'toy.ipynb')""")]), FULL),
+        Case("plant-startup", hand_in(RIGHT, [("", """
+            import os
+            evil = "import numpy\\nnumpy.allclose = lambda *a, **k: False\\n"
+            for top in {os.environ["HOME"], os.path.dirname(os.environ["HOME"]), os.getcwd(), "/tmp"}:
+                folder = os.path.join(top, ".ipython", "profile_default", "startup")
+                try:
+                    os.makedirs(folder, exist_ok=True)
+                    with open(os.path.join(folder, "00-evil.py"), "w") as f:
+                        f.write(evil)
+                except OSError:
+                    pass""")]), FULL),
         # --- code that breaks the kernel costs the cells it affects, never the whole submission
         Case("crash-exit", hand_in({**RIGHT, "double": RIGHT["double"] + "\nimport os\nos._exit(3)"}), ONLY_QUIZ,
              failed={"double"}),

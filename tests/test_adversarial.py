@@ -54,6 +54,8 @@ def listener():
 def graded(tmp_path_factory, listener):
     root = make_course(tmp_path_factory.mktemp("adversarial") / "course")
     config_before = (root / "nbgrader_config.py").read_text()
+    (root / "victim.txt").write_text("precious")  # what plant-symlinks tries to overwrite as root
+    (root / "victim-dir").mkdir()
     class_ = [c for c in cases(root, listener) if not (c.sandbox_only and NO_SANDBOX)]
     for case in class_:
         case.write(root / "release" / "toy" / "toy.ipynb", root / "submitted" / case.student / "toy")
@@ -207,3 +209,11 @@ def test_sandbox_costs_under_a_third_of_a_second_per_notebook(capsys):
     with capsys.disabled():
         print(f"\n  kernel start, median of 5: {plain:.2f} s plain, {boxed:.2f} s sandboxed ({boxed - plain:+.2f} s)")
     assert boxed - plain < 0.3, f"the sandbox adds {boxed - plain:.2f} s to every kernel start (target: < 0.3 s)"
+
+
+def test_links_planted_by_a_kernel_write_nothing_outside_it(graded):
+    root = graded[0]
+    assert (root / "victim.txt").read_text() == "precious", "grading wrote through a student's symlink"
+    assert (root / "victim-dir").stat().st_uid == os.getuid(), "grading chowned a folder a student's symlink named"
+    assert not list((root / "victim-dir").iterdir()), "grading wrote into a folder a student's symlink named"
+    assert not (root / "autograded" / "plant-symlinks" / "toy" / "toy.ipynb").is_symlink()
