@@ -275,6 +275,9 @@ def cases(root: Path, port: int) -> list[Case]:
                 p.text(repr(s.replace("allclose", "allclose_")))
             get_ipython().display_formatter.formatters["text/plain"].for_type(str, _fix)""")]),
              ZERO, tampered={"test_double", "test_answer_quiz"}),
+        Case("cheat-set-subclass", hand_in({**RIGHT, "answer_quiz": (
+            "class AlwaysEqual(set):\n    __hash__ = None\n    def __eq__(self, other):\n        return True\n"
+            "answer_quiz = AlwaysEqual({'a'})")}), ONLY_DOUBLE),
         Case("cheat-numpy-py", hand_in(WRONG, files={"numpy.py": FAKE_NUMPY}),
              ZERO, tampered={"test_double", "test_answer_quiz"}, note="extra files graded alongside: numpy.py"),
         Case("cheat-edit-test", hand_in(WRONG, edit=_replace_test("test_double", "pass")), ZERO),

@@ -109,3 +109,10 @@ def test_release_exists_without_secrets(course, aid):
     text = course.release_notebook(aid).read_text(encoding="utf-8")
     for marker in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
         assert marker not in text, f"release/{aid} contains '{marker}'"
+
+
+def test_quiz_hidden_tests_compare_a_plain_set(source, aid):
+    """`answer == {...}` lets a set subclass whose __eq__ always says yes pass; `set(answer) == {...}` does not."""
+    bare = [line.strip() for cell in source.cells if is_test(cell)
+            for line in cell.source.splitlines() if re.search(r"assert\s+answer_\w+\s*==", line)]
+    assert not bare, f"{aid}: compare set(answer_...) in hidden quiz tests: {bare}"

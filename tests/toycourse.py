@@ -54,7 +54,7 @@ def toy_notebook() -> nbformat.NotebookNode:
         tests("test_answer_quiz", 1, '''
             assert isinstance(answer_quiz, set), "answer_quiz must be a set of letters"
             ### BEGIN HIDDEN TESTS
-            assert answer_quiz == {"b"}, "not the right choice"
+            assert set(answer_quiz) == {"b"}, "not the right choice"
             ### END HIDDEN TESTS
         '''),
     ]
