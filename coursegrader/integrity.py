@@ -123,6 +123,32 @@ for label, (obj, methods) in parts.items():
         overridden += [f"{label}.{n}" for n in methods if n in vars(obj)]
 hooks["text/plain printers"] = [describe(p) for p in
                                 list(ip.display_formatter.formatters["text/plain"].type_printers.values())]
+# Answers that lie: subclasses of the types tests compare, defined in the notebook, that change how they
+# compare or what numpy/torch functions do with them (a set whose __eq__ always says yes, an array whose
+# __array_function__ makes np.allclose say yes).
+def type_origin(c):
+    module = getattr(c, "__module__", "") or ""
+    if module == "__main__":
+        return "a notebook cell"
+    return "installed" if module == "builtins" or installed(getattr(sys.modules.get(module), "__file__", None)) \
+        else (getattr(sys.modules.get(module), "__file__", None) or module)
+def subclasses(base):
+    found, stack = [], [base]
+    while stack:
+        for c in type.__subclasses__(stack.pop()):
+            found.append(c)
+            stack.append(c)
+    return found
+EQ = ("__eq__", "__ne__", "__bool__", "__hash__", "__iter__", "__len__", "__contains__")
+bases = [(t, EQ) for t in (set, frozenset, dict, list, tuple, int, float, complex, str, bytes)]
+if "numpy" in sys.modules:
+    bases.append((sys.modules["numpy"].ndarray, EQ + ("__array_function__", "__array_ufunc__", "__array_wrap__")))
+if "torch" in sys.modules:
+    bases.append((sys.modules["torch"].Tensor, EQ + ("__torch_function__", "__torch_dispatch__")))
+hooks["answer types"] = [[c.__module__, f"{c.__qualname__} ({base.__name__} with {', '.join(sorted(set(attrs) & set(vars(c))))})",
+                          type_origin(c)]
+                         for base, attrs in bases for c in subclasses(base)
+                         if type_origin(c) != "installed" and set(attrs) & set(vars(c))]
 hist = ip.history_manager.input_hist_parsed
 rebound = {}  # names the course's imports bind, now bound to something else (e.g. np = a fake module)
 for name, (module, attr) in BINDINGS.items():

@@ -277,7 +277,12 @@ def cases(root: Path, port: int) -> list[Case]:
              ZERO, tampered={"test_double", "test_answer_quiz"}),
         Case("cheat-set-subclass", hand_in({**RIGHT, "answer_quiz": (
             "class AlwaysEqual(set):\n    __hash__ = None\n    def __eq__(self, other):\n        return True\n"
-            "answer_quiz = AlwaysEqual({'a'})")}), ONLY_DOUBLE),
+            "answer_quiz = AlwaysEqual({'a'})")}), ONLY_DOUBLE, tampered={"test_answer_quiz"}),
+        Case("cheat-array-function", hand_in({**RIGHT, "double": (
+            "class Agreeable(np.ndarray):\n    def __array_function__(self, func, types, args, kwargs):\n"
+            "        return True\n"
+            "def double(x):\n    return (2 * np.asarray(x) + 1).view(Agreeable) if np.ndim(x) else 2 * x")}),
+             ZERO, tampered={"test_double", "test_answer_quiz"}),
         Case("cheat-numpy-py", hand_in(WRONG, files={"numpy.py": FAKE_NUMPY}),
              ZERO, tampered={"test_double", "test_answer_quiz"}, note="extra files graded alongside: numpy.py"),
         Case("cheat-edit-test", hand_in(WRONG, edit=_replace_test("test_double", "pass")), ZERO),
