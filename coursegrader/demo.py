@@ -71,9 +71,9 @@ def format_report(results: list[tuple[sampleclass.Submission, GradeResult]], csv
     lines.append("\nHostile students: `tamper` blanks every later cell that asserts; `crash` kills its kernel in one "
                  "solution cell.")
     rows = [[sub.assignment, sub.student, f"{fmt(res.score)}/{fmt(res.max_score)}" if res.ok else "FAILED",
-             "yes" if sampleclass.as_expected(sub, res) else "NO"]
+             f"{len(res.lost)} of {len(res.cells)}", "yes" if sampleclass.as_expected(sub, res) else "NO"]
             for sub, res in results if sub.tamper or sub.crash]
-    lines.append(render(["assignment", "student", "score", "as expected"], rows))
+    lines.append(render(["assignment", "student", "score", "test cells that lost points", "as expected"], rows))
     flagged = [GradeResult(f"{sub.assignment}/{sub.student}", sub.assignment, res.seconds, res.error, res.cells,
                            res.findings) for sub, res in results if res.findings]
     lines += ["", format_integrity(flagged)]

@@ -5,7 +5,8 @@ Per assignment: `reference` hands in the solution, `blank` hands in the release 
 catalogue.group_into_rounds). With `exact=True` every wrong answer is handed in alone instead.
 The demo adds two hostile students: `tamper` blanks every later cell that asserts (an IPython input
 transformer) and must score 0 with every test cell in the integrity report; `crash` kills its kernel
-in one solution cell and must lose only that exercise's test cells.
+in one solution cell and must lose that exercise's test cells, and those that call the function it never
+defined, while the rest of the notebook is graded.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ def as_expected(sub: Submission, res: GradeResult) -> bool:
         return res.score == 0
     if sub.tamper:
         return res.score == 0 and {f["cell"] for f in res.tampering} == set(res.cells)
-    if sub.crash and not any(f["cell"] == sub.crash and f["kind"] == "failure" for f in res.findings):
-        return False
+    if sub.crash:  # its exercise's tests fail (so may tests that use the function it never defined); the rest is graded
+        died = any(f["cell"] == sub.crash and f["kind"] == "failure" for f in res.findings)
+        return died and sub.crash_fails <= res.lost and res.score > 0 and not res.tampering
     return res.lost == sub.expected_lost and not res.tampering
 
 
