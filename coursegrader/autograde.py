@@ -87,8 +87,8 @@ def save_reports(results: list[GradeResult], folder: Path) -> tuple[Path, Path]:
     return grades, findings
 
 
-def format_integrity(results: list[GradeResult]) -> str:
-    rows = [(r.student, x["cell"], x["kind"], x["finding"]) for r in results for x in r.findings]
+def format_integrity(results: list[GradeResult], label=lambda r: r.student) -> str:
+    rows = [(label(r), x["cell"], x["kind"], x["finding"]) for r in results for x in r.findings]
     if not rows:
         return "Integrity report: nothing found."
     return ("Integrity report (test cells listed here scored 0; 'tamper': the tests may have been fooled, "

@@ -74,9 +74,7 @@ def format_report(results: list[tuple[sampleclass.Submission, GradeResult]], csv
              f"{len(res.lost)} of {len(res.cells)}", "yes" if sampleclass.as_expected(sub, res) else "NO"]
             for sub, res in results if sub.tamper or sub.crash]
     lines.append(render(["assignment", "student", "score", "test cells that lost points", "as expected"], rows))
-    flagged = [GradeResult(f"{sub.assignment}/{sub.student}", sub.assignment, res.seconds, res.error, res.cells,
-                           res.findings) for sub, res in results if res.findings]
-    lines += ["", format_integrity(flagged)]
+    lines += ["", format_integrity([res for _, res in results], label=lambda r: f"{r.assignment}/{r.student}")]
     lines += ["", f"Which mistake each student made, and its cost: {write_mistakes(results, root / 'mistakes.csv')}",
               f"Grades (CSV):   {csv}", f"Feedback (HTML): {root / 'feedback'}/<student>/<assignment>/<assignment>.html",
               f"Autograded notebooks: {root / 'autograded'}"]

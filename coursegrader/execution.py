@@ -244,7 +244,10 @@ class GuardedExecute(Execute):
                     self._truncated = True
                     note = {"name": "stdout", "text": f"\n[output truncated: this cell printed more than "
                                                       f"{cap:,} bytes; the rest was not kept]\n"}
-                    return super().output(outs, {**msg, "msg_type": "stream", "content": note}, None, cell_index)
+                    # nbclient reads the type from the header: the note must be a stream there too
+                    stream = {**msg, "header": {**msg["header"], "msg_type": "stream"}, "msg_type": "stream",
+                              "content": note}
+                    return super().output(outs, stream, None, cell_index)
                 return None
             self._cell_bytes += size
         return super().output(outs, msg, display_id, cell_index)

@@ -149,10 +149,6 @@ class Grader:
         self.api = NbGraderAPI(coursedir=self.coursedir, config=self.config)
         self._bindings: dict[str, dict] = {}
 
-    @property
-    def sandboxed(self) -> bool:
-        return self.sandbox is not None
-
     @contextmanager
     def _grading(self) -> Iterator[None]:
         with kernel_noise_silenced():

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ast
 import json
-import re
 from dataclasses import dataclass
 
 from IPython.core.inputtransformer2 import TransformerManager
@@ -166,16 +165,9 @@ out = json.dumps({"modules": modules, "hooks": hooks, "shell": shell, "overridde
 '''
 
 
-def packages_imported(sources: list[str]) -> set[str]:
-    """Top-level packages that `import x` / `from x import` lines of the notebook name."""
-    found = set()
-    for source in sources:
-        found.update(re.findall(r"^\s*(?:import|from)\s+([A-Za-z_]\w*)", source, flags=re.M))
-    return found
-
-
 def watched_modules(sources: list[str]) -> list[str]:
-    used = packages_imported(sources) | {"builtins"}
+    """The WATCHED modules of the packages the notebook's code imports (builtins always)."""
+    used = {module.split(".")[0] for module, _ in import_bindings(sources).values()} | {"builtins"}
     return [m for pkg, mods in WATCHED.items() if pkg in used for m in mods]
 
 
@@ -188,7 +180,7 @@ def import_bindings(sources: list[str]) -> dict[str, list]:
     found: dict[str, list] = {}
     for source in sources:
         try:
-            tree = ast.parse(TransformerManager().transform_cell(source))
+            tree = ast.parse(expected_input(source))
         except SyntaxError:
             continue
         for node in ast.walk(tree):

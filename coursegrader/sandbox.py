@@ -121,8 +121,7 @@ class Sandbox:
     def configure(self, config) -> None:
         """Point nbgrader's Execute at the sandboxed kernel, over IPC (the sandbox has no shared loopback)."""
         config.Execute.kernel_name = KERNEL_NAME
-        config.KernelManager.transport = "ipc"
-        config.KernelManager.connection_file = str(self.runtime / "kernel.json")
+        config.KernelManager.transport = "ipc"  # the connection file's folder is set per student by active()
 
     @contextmanager
     def active(self, config) -> Iterator[None]:

@@ -326,6 +326,10 @@ def cases(root: Path, port: int) -> list[Case]:
         Case("crash-disk", hand_in(RIGHT, [("", "with open('big.bin', 'wb') as f:\n    f.write(bytes(300 * 2**20))")]),
              FULL, sandbox_only=True),
         Case("crash-big-print", hand_in(RIGHT, [("", "print('x' * 30_000_000)")]), FULL),
+        Case("crash-big-display", hand_in(RIGHT, [("", """
+            from IPython.display import HTML, display
+            for _ in range(10):
+                display(HTML("<p>" + "x" * 500_000 + "</p>"))""")]), FULL),
         Case("crash-big-error", hand_in({**RIGHT, "double": "def double(x):\n    raise ValueError('x' * 10**7)"}), ONLY_QUIZ),
         # --- submissions nbgrader cannot read: a row with the reason, and the batch goes on
         Case("bad-json", raw(b'{"cells": [,]}'), reason="not valid JSON"),

@@ -130,6 +130,8 @@ def test_outputs_are_capped_in_notebook_and_feedback(graded):
     for student in ("crash-big-print", "crash-big-error"):
         size = (root / "autograded" / student / "toy" / "toy.ipynb").stat().st_size
         assert size < 500_000, f"{student}: the autograded notebook is {size:,} bytes"
+    size = (root / "autograded" / "crash-big-display" / "toy" / "toy.ipynb").stat().st_size
+    assert size < 2_500_000, f"crash-big-display displayed 5 MB and kept {size:,} bytes (cap: 2 MB per cell)"
     Grader(Course.load(root), root).feedback("toy")
     page = root / "feedback" / "crash-big-print" / "toy" / "toy.html"
     assert page.stat().st_size < 1_000_000, f"feedback page is {page.stat().st_size:,} bytes"
