@@ -1,19 +1,30 @@
-"""`coursegrader autograde ASSIGNMENT`: grade the real submissions in submitted/ with a progress bar.
+"""`coursegrader autograde ASSIGNMENT`: grade the real submissions in submitted/, several at once.
 
 Every submission gets a row: graded (with its integrity findings and notes) or not graded with the
 reason, and a row of zeros in the gradebook. One bad submission never stops the batch. The rows are
 printed and saved as reports/<assignment>/grades.csv and integrity.csv.
+
+With `jobs` > 1, worker processes each grade one student at a time with a grader of their own (its own
+sandbox uid and kernel), exactly as serial grading does, so the rows written are the same; the gradebook
+is shared safely (see gradebook.py). `shard` grades only one machine's share of the class.
 """
 
 from __future__ import annotations
 
 import csv
+import os
+import resource
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .course import Course
 from .errors import CourseError
+from .gradebook import Shard
 from .grading import Grader, GradeResult
 from .submissions import inspect
 from .table import fmt, render
@@ -35,28 +46,93 @@ def shipped_files(course: Course, aid: str) -> set[str]:
 
 
 def grade_one(course: Course, grader: Grader, aid: str, student: str) -> GradeResult:
-    found = inspect(grader.root / "submitted" / student / aid, [aid], shipped_files(course, aid))
-    if not found.gradable:
-        grader.record_ungraded(aid, student)
-        return GradeResult(student, aid, 0.0, error=found.problem)
-    result = grader.autograde(aid, student)
-    result.notes.extend(found.notes)
+    """Grade one student under their lock (no other grader works on them meanwhile)."""
+    with grader.locks.student(aid, student):
+        found = inspect(grader.root / "submitted" / student / aid, [aid], shipped_files(course, aid))
+        if not found.gradable:
+            grader.record_ungraded(aid, student)
+            result = GradeResult(student, aid, 0.0, error=found.problem)
+        else:
+            result = grader.autograde(aid, student)
+            result.notes.extend(found.notes)
+    result.memory_mib = peak_memory_mib()
     return result
 
 
-def run(course: Course, aid: str, students: list[str] | None = None, sandbox: bool = True) -> list[GradeResult]:
-    grader = Grader(course, course.root, sandbox=sandbox)
+def peak_memory_mib() -> float:
+    """Peak resident memory of this grading process plus that of its largest kernel so far: the most one
+    worker has held at once (Linux reports ru_maxrss in KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kernels = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + kernels) / 1024
+
+
+@dataclass
+class Run:
+    """One `autograde` of a class: the rows in the order asked for, and how the run went."""
+
+    assignment: str
+    results: list[GradeResult] = field(default_factory=list)
+    jobs: int = 1
+    seconds: float = 0.0
+    shard: Shard | None = None
+
+    @property
+    def peak_memory_mib(self) -> float:
+        return max((r.memory_mib for r in self.results), default=0.0)
+
+
+# --- worker processes: one grader each, built once ---------------------------------------------
+_worker: tuple[Course, Grader] | None = None
+
+
+def _start_worker(course_root: Path, sandbox: bool, db_url: str | None) -> None:
+    global _worker
+    course = Course.load(course_root)
+    _worker = (course, Grader(course, course.root, sandbox=sandbox, db_url=db_url, warn=False))
+
+
+def _grade_in_worker(aid: str, student: str) -> GradeResult:
+    course, grader = _worker
+    return grade_one(course, grader, aid, student)
+
+
+def run(course: Course, aid: str, students: list[str] | None = None, sandbox: bool = True,
+        jobs: int | None = None, db_url: str | None = None, shard: Shard | None = None) -> Run:
+    """Grade `students` (default: every submission, or the shard's share) with `jobs` workers (default: one per core)."""
+    start = time.perf_counter()
+    grader = Grader(course, course.root, sandbox=sandbox, db_url=db_url)
     grader.ensure_registered(aid)
-    results = []
-    failures = flagged = 0
-    with tqdm(students or submissions(course, aid), desc=f"autograde {aid}", unit="student") as bar:
-        for student in bar:
-            result = grade_one(course, grader, aid, student)
-            failures += not result.ok
-            flagged += bool(result.tampering)
-            bar.set_postfix(failed=failures, flagged=flagged)
-            results.append(result)
-    return results
+    students = students or submissions(course, aid)
+    if shard is not None:
+        students = shard.select(students)
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(students)))
+    outcome = Run(aid, jobs=jobs, shard=shard)
+    done: dict[str, GradeResult] = {}
+    label = f"autograde {aid}" + (f" (shard {shard})" if shard else "") + (f", {jobs} at once" if jobs > 1 else "")
+    with tqdm(total=len(students), desc=label, unit="student") as bar:
+        def finished(result: GradeResult) -> None:
+            done[result.student] = result
+            bar.update()
+            bar.set_postfix(failed=sum(not r.ok for r in done.values()),
+                            flagged=sum(bool(r.tampering) for r in done.values()))
+
+        if jobs == 1:
+            for student in students:
+                finished(grade_one(course, grader, aid, student))
+        else:
+            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_start_worker,
+                                     initargs=(course.root, sandbox, db_url)) as pool:
+                futures = {pool.submit(_grade_in_worker, aid, s): s for s in students}
+                for future in as_completed(futures):
+                    try:
+                        finished(future.result())
+                    except Exception as exc:  # the worker itself died (killed, out of memory)
+                        finished(GradeResult(futures[future], aid, 0.0,
+                                             error=f"the grading worker failed: {exc.__class__.__name__}: {exc}"))
+    outcome.results = [done[s] for s in students]
+    outcome.seconds = time.perf_counter() - start
+    return outcome
 
 
 def status(r: GradeResult) -> str:
@@ -95,16 +171,25 @@ def format_integrity(results: list[GradeResult], label=lambda r: r.student) -> s
             "'failure': the code stopped the kernel or ran out of time):\n" + render(("student", "cell", "kind", "finding"), rows))
 
 
-def format_report(results: list[GradeResult]) -> str:
-    rows = [(r.student, fmt(r.score) if r.ok else "0", fmt(r.max_score) if r.ok else "-",
-             f"{r.seconds:.1f}", status(r)) for r in results]
+def format_summary(outcome: Run) -> str:
+    """One paragraph for the end of a run: how many, how fast, what needs a human."""
+    results = outcome.results
     graded = sum(r.ok for r in results)
-    summary = f"\n{graded} of {len(results)} graded"
+    rate = 60 * len(results) / outcome.seconds if outcome.seconds else 0.0
+    lines = [f"{graded} of {len(results)} graded" + (f" (shard {outcome.shard})" if outcome.shard else "")
+             + f" in {outcome.seconds:.1f} s with {outcome.jobs} worker(s): {rate:.1f} submissions per minute; "
+             f"peak memory per worker {outcome.peak_memory_mib:,.0f} MiB"]
     failed = [r.student for r in results if not r.ok]
     if failed:
-        summary += f"; could not grade: {', '.join(failed)}"
+        lines.append(f"could not grade: {', '.join(failed)}")
     flagged = [r.student for r in results if r.tampering]
     if flagged:
-        summary += f"; flagged: {', '.join(flagged)}"
-    return "\n".join([render(("student", "score", "max", "seconds", "status"), rows) + summary, "",
-                      format_integrity(results)])
+        lines.append(f"flagged by the integrity check: {', '.join(flagged)}")
+    return "\n".join(lines)
+
+
+def format_report(outcome: Run) -> str:
+    rows = [(r.student, fmt(r.score) if r.ok else "0", fmt(r.max_score) if r.ok else "-",
+             f"{r.seconds:.1f}", status(r)) for r in outcome.results]
+    return "\n".join([render(("student", "score", "max", "seconds", "status"), rows), "",
+                      format_integrity(outcome.results), "", format_summary(outcome)])

@@ -46,12 +46,25 @@ def cmd_demo(course: Course, args: argparse.Namespace) -> int:
 def cmd_autograde(course: Course, args: argparse.Namespace) -> int:
     from . import autograde
 
+    from .gradebook import Shard, normalise_url
+
     (aid,) = course.resolve([args.assignment])
-    results = autograde.run(course, aid, args.student or None, sandbox=not args.no_sandbox)
-    print(autograde.format_report(results))
-    grades, findings = autograde.save_reports(results, course.root / "reports" / aid)
+    if args.jobs is not None and args.jobs < 1:
+        raise CourseError(f"--jobs {args.jobs}: give at least 1")
+    shard = Shard.parse(args.shard) if args.shard else None
+    db_url = normalise_url(args.db) if args.db else None
+    outcome = autograde.run(course, aid, args.student or None, sandbox=not args.no_sandbox, jobs=args.jobs,
+                            db_url=db_url, shard=shard)
+    if not outcome.results:
+        print(f"shard {shard} has none of the students who submitted {aid}: nothing to grade")
+        return 0
+    print(autograde.format_report(outcome))
+    folder = course.root / "reports" / aid
+    if shard:  # machines sharing the course folder must not overwrite each other's reports
+        folder = folder / f"shard-{shard.index}-of-{shard.count}"
+    grades, findings = autograde.save_reports(outcome.results, folder)
     print(f"\nSaved: {grades.relative_to(course.root)}, {findings.relative_to(course.root)}")
-    return 0 if all(r.ok for r in results) else 1
+    return 0 if all(r.ok for r in outcome.results) else 1
 
 
 def cmd_sandbox(course: Course, args: argparse.Namespace) -> int:
@@ -86,6 +99,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("assignment", metavar="ASSIGNMENT")
     s.add_argument("--student", action="append", help="grade only this student (repeatable)")
     s.add_argument("--no-sandbox", action="store_true", help="run student code without bubblewrap (not recommended)")
+    s.add_argument("--jobs", type=int, help="students graded at once (default: the number of CPU cores)")
+    s.add_argument("--db", metavar="URL", help="gradebook database (default: c.CourseDirectory.db_url, else "
+                   "gradebook.db), e.g. postgresql://grader@dbhost/course for several machines")
+    s.add_argument("--shard", metavar="I/N", help="grade only share I of N of the students (one per machine)")
     s.set_defaults(func=cmd_autograde)
 
     s = sub.add_parser("sandbox", help="say whether grading kernels can be sandboxed here, and what it costs")

@@ -23,11 +23,12 @@ from nbgrader.converters import Autograde
 from nbgrader.coursedir import CourseDirectory
 from nbgrader.plugins import CsvExportPlugin
 from nbgrader.preprocessors import Execute
-from sqlalchemy.exc import SAWarning
+from sqlalchemy.exc import SAWarning, SQLAlchemyError
 
 from .course import CONFIG_FILE, Course
 from .errors import CourseError
 from .execution import GuardedExecute, read_findings
+from .gradebook import Locks, describe, queue_sqlite_writers
 from .integrity import import_bindings
 from .notebooks import is_solution, read_notebook
 from .sandbox import Sandbox, unavailable_reason
@@ -44,6 +45,7 @@ class GradeResult:
     cells: dict[str, tuple[float, float]] = field(default_factory=dict)
     findings: list[dict] = field(default_factory=list)  # {"cell", "kind": "tamper" | "failure", "finding"}
     notes: list[str] = field(default_factory=list)  # graded, but a TA may want to know (extra files, ...)
+    memory_mib: float = 0.0  # peak memory of the grading process and its largest kernel, when measured
 
     @property
     def ok(self) -> bool:
@@ -130,16 +132,21 @@ class Grader:
     False or the machine cannot provide one; either way without a sandbox, one warning line says so.
     """
 
-    def __init__(self, course: Course, root: Path, sandbox: bool = True):
+    def __init__(self, course: Course, root: Path, sandbox: bool = True, db_url: str | None = None,
+                 warn: bool = True):
         use_this_environment()
+        queue_sqlite_writers()
         self.course = course
         self.root = root
         self.config = course.nbgrader_config(root)
+        if db_url:
+            self.config.CourseDirectory.db_url = db_url
         guarded(self.config)
         self.sandbox: Sandbox | None = None
         reason = unavailable_reason() if sandbox else "--no-sandbox"
         if reason:
-            warn_once(f"grading WITHOUT a sandbox ({reason}): student code runs with your permissions")
+            if warn:  # parallel workers leave the warning to the process that started them
+                warn_once(f"grading WITHOUT a sandbox ({reason}): student code runs with your permissions")
         else:
             self._sandbox_dir = tempfile.TemporaryDirectory(prefix="coursegrader-sandbox-")
             autograded = Path(root) / CourseDirectory(config=self.config).autograded_directory
@@ -147,6 +154,7 @@ class Grader:
             self.sandbox.configure(self.config)
         self.coursedir = CourseDirectory(config=self.config)
         self.api = NbGraderAPI(coursedir=self.coursedir, config=self.config)
+        self.locks = Locks(self.db_url)
         self._bindings: dict[str, dict] = {}
 
     @contextmanager
@@ -167,6 +175,7 @@ class Grader:
         api = self.api
         if release_dir is not None:  # a throw-away release: registers the assignment, leaves release/ alone
             config = self.course.nbgrader_config(self.root)
+            config.CourseDirectory.db_url = self.db_url
             config.CourseDirectory.release_directory = str(release_dir)
             api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
         with kernel_noise_silenced():
@@ -175,15 +184,22 @@ class Grader:
             raise CourseError(f"{aid}: nbgrader could not generate the release: {last_error_line(result['log'])}")
 
     def ensure_registered(self, aid: str) -> None:
-        """Make sure the gradebook knows `aid` and its grade cells, without touching release/."""
-        with Gradebook(self.db_url) as gb:
+        """Make sure the gradebook knows `aid` and its grade cells, without touching release/.
+
+        Under the registration lock: graders that start at once on an empty gradebook (shards on several
+        machines) would otherwise all create its tables and register the assignment."""
+        with self.locks.registration(aid):
             try:
-                gb.find_assignment(aid)
-                return
+                with kernel_noise_silenced(), Gradebook(self.db_url) as gb:
+                    gb.find_assignment(aid)
+                    return
             except MissingEntry:
                 pass
-        with tempfile.TemporaryDirectory(prefix="release-") as tmp:
-            self.generate(aid, Path(tmp))
+            except SQLAlchemyError as exc:
+                raise CourseError(f"cannot use the gradebook {describe(self.db_url)}: {exc.__class__.__name__}: "
+                                  f"{str(exc).splitlines()[0]}") from None
+            with tempfile.TemporaryDirectory(prefix="release-") as tmp:
+                self.generate(aid, Path(tmp))
 
     def autograde(self, aid: str, student: str) -> GradeResult:
         if aid not in self._bindings:  # what the course's imports bind, from the source: the student cannot change it

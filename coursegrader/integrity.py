@@ -39,11 +39,16 @@ SHELL_METHODS = ("run_cell", "run_cell_async", "run_ast_nodes", "run_code", "tra
 # Runs inside the kernel, in a fresh namespace, through exec: the grader reads `out` (a JSON string).
 PROBE_SOURCE = r'''
 import builtins, importlib, json, os, sys
-prefixes = tuple(os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+roots = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+prefixes = tuple(os.path.realpath(p) + os.sep for p in roots)
+literal = tuple(os.path.normpath(os.path.abspath(p)) + os.sep for p in roots)
 seen = {}
 def installed(path):
+    """Loaded from the Python installation? The path as written is checked first (no disk access): under the
+    sandbox the installation is read-only, so nothing in it can be a link the student planted."""
     if path not in seen:
-        seen[path] = bool(path) and os.path.realpath(path).startswith(prefixes)
+        seen[path] = bool(path) and (os.path.normpath(path).startswith(literal)
+                                     or os.path.realpath(path).startswith(prefixes))
     return seen[path]
 def origin(obj):
     """Where a hook was defined: 'installed', or the file (or '<cell>') it came from."""

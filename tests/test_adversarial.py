@@ -61,11 +61,12 @@ def graded(tmp_path_factory, listener):
         case.write(root / "release" / "toy" / "toy.ipynb", root / "submitted" / case.student / "toy")
     os.environ["COURSEGRADER_TEST_SECRET"] = "a TA's token"
     try:
-        results = autograde.run(Course.load(root), "toy")
+        outcome = autograde.run(Course.load(root), "toy")  # one worker per core, as a TA runs it
     finally:
         del os.environ["COURSEGRADER_TEST_SECRET"]
+    results = outcome.results
     autograde.save_reports(results, root / "reports" / "toy")
-    report = autograde.format_report(results)
+    report = autograde.format_report(outcome)
     print(report)
     return root, {c.student: c for c in class_}, {r.student: r for r in results}, report, config_before
 
@@ -118,7 +119,7 @@ def test_snoop_reads_everything_without_the_sandbox(tmp_path, listener):
     secrets = {"source": str(root / "source" / "toy" / "toy.ipynb")}
     case = Case("snoop", hand_in(RIGHT, [("", snoop_cell(secrets, str(root / "x.py"), listener))]))
     case.write(root / "release" / "toy" / "toy.ipynb", root / "submitted" / "snoop" / "toy")
-    (res,) = autograde.run(Course.load(root), "toy", sandbox=False)
+    (res,) = autograde.run(Course.load(root), "toy", sandbox=False).results
     assert {gid: s for gid, (s, _) in res.cells.items()} == FULL
     line = next(line for line in _outputs(root, "snoop").splitlines() if line.startswith("SNOOP "))
     seen = json.loads(line[len("SNOOP "):])
