@@ -25,6 +25,7 @@ import json
 import os
 import time
 from pathlib import Path
+from queue import Empty
 
 from jupyter_core.utils import run_sync
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -63,6 +64,15 @@ class GuardedExecute(Execute):
     probe_timeout = Integer(30, help="seconds the kernel has to answer an integrity probe").tag(config=True)
     bindings = Dict(help="name -> [module, attribute]: what the course's imports bind (integrity.import_bindings); "
                          "set per assignment by the grader").tag(config=True)
+
+    # --- the kernel client: never miss a message -------------------------------------------------
+    async def async_start_new_kernel_client(self):
+        kc = await super().async_start_new_kernel_client()
+        for channel in (kc.shell_channel, kc.iopub_channel):
+            poll_in_slices(channel)
+        return kc
+
+    start_new_kernel_client = run_sync(async_start_new_kernel_client)  # nbclient binds the sync one to its own
 
     # --- the notebook: run, and run again without a cell that stopped the kernel -----------------
     def preprocess(self, nb: NotebookNode, resources: dict, km=None) -> tuple[NotebookNode, dict]:
@@ -262,6 +272,33 @@ class GuardedExecute(Execute):
                 for key, value in out.get("data", {}).items():
                     if isinstance(value, str) and len(value) > n:
                         out.data[key] = value[:n] + " ... [truncated]"
+
+
+POLL_SLICE_SECONDS = 0.2
+
+
+def poll_in_slices(channel) -> None:
+    """Make `channel.get_msg(timeout)` wait in short polls instead of one long one.
+
+    pyzmq's asyncio poll can miss the moment a message arrives on a socket (its file descriptor is
+    edge-triggered) and then notices it only when the poll times out. nbclient waits for a cell's reply
+    with one poll of the whole cell timeout, so a missed reply cost two minutes at random (seen about one
+    run in two when two sandboxed kernels ran at once, over IPC). Each short poll looks at the socket
+    afresh, so a missed arrival costs at most POLL_SLICE_SECONDS.
+    """
+    original = channel.get_msg
+
+    async def get_msg(timeout: float | None = None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = POLL_SLICE_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await original(timeout=min(POLL_SLICE_SECONDS, left))
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    channel.get_msg = get_msg
 
 
 def read_findings(notebook: Path) -> list[dict]:
