@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TOOL   := $(BIN)/coursegrader
 
-.PHONY: demo test release check autograde lab-help venv constraints clean
+.PHONY: demo test release check autograde bench venv constraints clean
 
 demo: $(STAMP)          ## grade a sample class (reference, blank, catalogue mistakes) and print the scores
 	$(TOOL) demo
@@ -23,6 +23,9 @@ autograde: $(STAMP)     ## autograde submitted/ for one assignment: make autogra
 	@test -n "$(ASSIGNMENT)" || { echo "usage: make autograde ASSIGNMENT=<assignment id>"; exit 2; }
 	$(TOOL) autograde $(ASSIGNMENT)
 
+bench: $(STAMP)         ## time grading 40 students per assignment: plain nbgrader vs --jobs 1 vs --jobs <cores> vs the floor
+	$(TOOL) bench $(ASSIGNMENT) $(if $(STUDENTS),--students $(STUDENTS))
+
 venv: $(STAMP)
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
@@ -37,4 +40,4 @@ constraints: $(STAMP)   ## re-pin the transitive dependencies after changing req
 	  | sed '1i # Transitive dependencies, pinned (pip freeze of a working .venv, minus requirements.txt'"'"'s own lines).\n# Regenerate with: make constraints' > constraints.txt
 
 clean:                  ## remove what the tools made (not the venv, not student data)
-	rm -rf demo reports .pytest_cache
+	rm -rf demo bench reports .pytest_cache

@@ -12,6 +12,7 @@ is shared safely (see gradebook.py). `shard` grades only one machine's share of 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import resource
 import time
@@ -161,6 +162,19 @@ def save_reports(results: list[GradeResult], folder: Path) -> tuple[Path, Path]:
         for r in results:
             out.writerows([r.student, x["cell"], x["kind"], x["finding"]] for x in r.findings)
     return grades, findings
+
+
+def save_run(outcome: Run, folder: Path) -> Path:
+    """run.json: how the run went (students, workers, seconds, peak memory), for scripts and the benchmark."""
+    path = folder / "run.json"
+    results = outcome.results
+    path.write_text(json.dumps({
+        "assignment": outcome.assignment, "students": len(results), "graded": sum(r.ok for r in results),
+        "flagged": sum(bool(r.tampering) for r in results), "jobs": outcome.jobs,
+        "shard": str(outcome.shard) if outcome.shard else None, "seconds": round(outcome.seconds, 2),
+        "peak_memory_mib_per_worker": round(outcome.peak_memory_mib, 1),
+    }, indent=1) + "\n", encoding="utf-8")
+    return path
 
 
 def format_integrity(results: list[GradeResult], label=lambda r: r.student) -> str:

@@ -63,8 +63,26 @@ def cmd_autograde(course: Course, args: argparse.Namespace) -> int:
     if shard:  # machines sharing the course folder must not overwrite each other's reports
         folder = folder / f"shard-{shard.index}-of-{shard.count}"
     grades, findings = autograde.save_reports(outcome.results, folder)
+    autograde.save_run(outcome, folder)
     print(f"\nSaved: {grades.relative_to(course.root)}, {findings.relative_to(course.root)}")
     return 0 if all(r.ok for r in outcome.results) else 1
+
+
+def cmd_bench(course: Course, args: argparse.Namespace) -> int:
+    import json
+
+    from . import bench
+
+    if args.students < 1 or (args.jobs is not None and args.jobs < 1):
+        raise CourseError("--students and --jobs take a number of at least 1")
+    dest = Path(args.dest).resolve() if args.dest else course.root / "bench"
+    result = bench.run(course, course.resolve(args.assignments), args.students, args.jobs, dest)
+    print(result.format())
+    out = course.root / "reports" / "bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result.as_json(), indent=1) + "\n", encoding="utf-8")
+    print(f"\nSaved: {out.relative_to(course.root)} (the graded class and the logs: {dest})")
+    return 0 if result.met else 1
 
 
 def cmd_sandbox(course: Course, args: argparse.Namespace) -> int:
@@ -104,6 +122,13 @@ def parser() -> argparse.ArgumentParser:
                    "gradebook.db), e.g. postgresql://grader@dbhost/course for several machines")
     s.add_argument("--shard", metavar="I/N", help="grade only share I of N of the students (one per machine)")
     s.set_defaults(func=cmd_autograde)
+
+    s = sub.add_parser("bench", help="time grading a synthetic class: plain nbgrader, --jobs 1, --jobs <cores>, the floor")
+    s.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: every assignment")
+    s.add_argument("--students", type=int, default=40, help="students per assignment (default: 40)")
+    s.add_argument("--jobs", type=int, help="workers of the parallel run (default: the number of CPU cores)")
+    s.add_argument("--dest", help="where to build and grade the class (default: bench/)")
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("sandbox", help="say whether grading kernels can be sandboxed here, and what it costs")
     s.add_argument("--repeats", type=int, default=5, help="kernel starts to time, each way (default: 5)")

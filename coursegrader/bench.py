@@ -1,0 +1,231 @@
+"""`coursegrader bench` (`make bench`): how fast this machine grades a class, against plain nbgrader and the floor.
+
+A synthetic class per assignment: `students` copies of the sample class (the reference, the blank release
+and the wrong-answer rounds of the catalogue), each copy handed in under its own student id. The same
+class is graded three times from the command line, each in a course folder of its own, one assignment
+after another:
+
+- plain `nbgrader autograde ASSIGNMENT`: serial and unsandboxed, what users have today;
+- `coursegrader autograde ASSIGNMENT --jobs 1`, and `--jobs <cores>`: sandboxed, with integrity probes;
+
+and the floor is measured: every distinct notebook that autograde executes (taken from the plain run's
+autograded/ folder, outputs cleared) is run once with nbclient in a plain kernel, kernel start included,
+and its time counted once per copy; divided by the cores, that is what no grader on this machine can beat.
+The three runs must write the same grades: the benchmark compares their gradebooks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+from . import sampleclass
+from .course import COURSE_FILE, Course
+from .errors import CourseError
+from .gradebook import snapshot
+from .grading import Grader, kernel_noise_silenced, make_scratch_course
+from .table import render
+
+TARGET_SPEEDUP = 1.7  # at least this much faster than plain nbgrader (2 cores)
+TARGET_FLOOR = 1.3  # at most this much slower than the floor
+TARGET_MEMORY_MIB = 1536  # per worker
+
+RUNS = ("plain", "jobs1", "jobsN")
+
+
+@dataclass
+class AssignmentBench:
+    assignment: str
+    students: int
+    seconds: dict[str, float] = field(default_factory=dict)  # run -> wall seconds
+    memory_mib: dict[str, float] = field(default_factory=dict)  # tool run -> peak memory per worker
+    notebook_seconds: float = 0.0  # sum over the class of each notebook's own execution time
+    distinct: dict[str, float] = field(default_factory=dict)  # variant -> its own execution time
+    same_grades: bool = False
+
+
+def build_class(course: Course, aids: list[str], students: int, dest: Path) -> dict[str, dict[str, list[str]]]:
+    """The synthetic class in dest/base: per assignment, variant -> the ids of the students who hand it in."""
+    base = make_scratch_course(course, dest / "base", aids)
+    shutil.copy2(course.root / COURSE_FILE, base / COURSE_FILE)
+    grader = Grader(course, base, sandbox=False, warn=False)  # nothing is executed: only releases are generated
+    copies: dict[str, dict[str, list[str]]] = {}
+    for aid in aids:
+        grader.generate(aid)
+        plan = sampleclass.plan(course, aid)
+        copies[aid] = {sub.student: [] for sub in plan}
+        for i in range(students):
+            sub = plan[i % len(plan)]
+            student = f"{aid[:2]}-s{i + 1:03d}"
+            sampleclass.hand_in(course, base, replace(sub, student=student))
+            copies[aid][sub.student].append(student)
+    for run in RUNS:
+        shutil.copytree(base, dest / run)
+    return copies
+
+
+def timed(command: list[str], cwd: Path, log: Path) -> float:
+    start = time.perf_counter()
+    with log.open("a") as out:
+        done = subprocess.run(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise CourseError(f"{' '.join(command[-4:])} failed (exit code {done.returncode}); see {log}")
+    return seconds
+
+
+def own_time(notebook: Path) -> float:
+    """Seconds to start a plain kernel, run the notebook autograde ran (outputs cleared) and stop the kernel."""
+    nb = nbformat.read(str(notebook), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    client = NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(notebook.parent)}})
+    start = time.perf_counter()
+    with kernel_noise_silenced():
+        client.execute()
+    return time.perf_counter() - start
+
+
+def bench_assignment(aid: str, copies: dict[str, list[str]], dest: Path, jobs: int) -> AssignmentBench:
+    bindir = Path(sys.executable).parent
+    result = AssignmentBench(aid, sum(map(len, copies.values())))
+    log = dest / "bench.log"
+    result.seconds["plain"] = timed([str(bindir / "nbgrader"), "autograde", aid], dest / "plain", log)
+    for run, n in (("jobs1", 1), ("jobsN", jobs)):
+        tool = [sys.executable, "-m", "coursegrader", "autograde", aid, "--jobs", str(n)]
+        result.seconds[run] = timed(tool, dest / run, log)
+        summary = json.loads((dest / run / "reports" / aid / "run.json").read_text())
+        result.memory_mib[run] = summary["peak_memory_mib_per_worker"]
+    for variant, students in copies.items():
+        if students:
+            seconds = own_time(dest / "plain" / "autograded" / students[0] / aid / f"{aid}.ipynb")
+            result.distinct[variant] = round(seconds, 2)
+            result.notebook_seconds += seconds * len(students)
+    grades = [snapshot(f"sqlite:///{dest / run}/gradebook.db", aid) for run in RUNS]
+    result.same_grades = grades[0] == grades[1] == grades[2] and len(grades[0]) == result.students
+    return result
+
+
+@dataclass
+class Bench:
+    cores: int
+    jobs: int
+    students: int
+    assignments: list[AssignmentBench]
+
+    def total(self, run: str) -> float:
+        return sum(a.seconds[run] for a in self.assignments)
+
+    @property
+    def submissions(self) -> int:
+        return sum(a.students for a in self.assignments)
+
+    @property
+    def floor(self) -> float:
+        return sum(a.notebook_seconds for a in self.assignments) / self.cores
+
+    def memory(self, run: str) -> float:
+        return max(a.memory_mib[run] for a in self.assignments)
+
+    def targets(self) -> dict[str, tuple[float, str, float, bool]]:
+        """name -> (measured, comparison, target, met)."""
+        speedup = self.total("plain") / self.total("jobsN")
+        floor = self.total("jobsN") / self.floor
+        memory = max(self.memory("jobs1"), self.memory("jobsN"))
+        same = all(a.same_grades for a in self.assignments)
+        return {
+            f"--jobs {self.jobs} is faster than plain nbgrader by": (speedup, ">=", TARGET_SPEEDUP, speedup >= TARGET_SPEEDUP),
+            f"--jobs {self.jobs} takes the floor's time times": (floor, "<=", TARGET_FLOOR, floor <= TARGET_FLOOR),
+            "peak memory per worker (MiB)": (memory, "<", TARGET_MEMORY_MIB, memory < TARGET_MEMORY_MIB),
+            "the three runs wrote the same grades": (float(same), "=", 1.0, same),
+        }
+
+    @property
+    def met(self) -> bool:
+        return all(ok for *_, ok in self.targets().values())
+
+    def as_json(self) -> dict:
+        rows = {label: self._row(run) for run, label in self._labels().items()}
+        return {
+            "machine": {"cores": self.cores, "cpu": _cpu_model(), "python": platform.python_version(),
+                        "platform": platform.platform()},
+            "students_per_assignment": self.students, "submissions": self.submissions, "jobs": self.jobs,
+            "runs": rows,
+            "targets": {name: {"measured": round(m, 3), "comparison": op, "target": t, "met": ok}
+                        for name, (m, op, t, ok) in self.targets().items()},
+            "assignments": [asdict(a) for a in self.assignments],
+        }
+
+    def _labels(self) -> dict[str, str]:
+        return {"plain": "nbgrader autograde (plain, serial)", "jobs1": "coursegrader autograde --jobs 1",
+                "jobsN": f"coursegrader autograde --jobs {self.jobs}", "floor": f"floor: notebook time / {self.cores} cores"}
+
+    def _row(self, run: str) -> dict:
+        seconds = self.floor if run == "floor" else self.total(run)
+        return {"seconds": round(seconds, 1), "per_minute": round(60 * self.submissions / seconds, 1),
+                "speedup_vs_plain": round(self.total("plain") / seconds, 2),
+                "times_floor": round(seconds / self.floor, 2),
+                "peak_memory_mib_per_worker": self.memory(run) if run in ("jobs1", "jobsN") else None}
+
+    def format(self) -> str:
+        header = ("run", "seconds", "per minute", "vs plain nbgrader", "vs floor", "peak MiB/worker")
+        rows = []
+        for run, label in self._labels().items():
+            r = self._row(run)
+            memory = "-" if r["peak_memory_mib_per_worker"] is None else f"{r['peak_memory_mib_per_worker']:,.0f}"
+            rows.append((label, f"{r['seconds']:.1f}", f"{r['per_minute']:.1f}", f"{r['speedup_vs_plain']:.2f}x faster",
+                         f"{r['times_floor']:.2f}x", memory))
+        per = [(a.assignment, str(a.students), *(f"{a.seconds[run]:.1f}" for run in RUNS),
+                f"{a.notebook_seconds / self.cores:.1f}", "yes" if a.same_grades else "NO") for a in self.assignments]
+        targets = [f"  {'met   ' if ok else 'MISSED'}  {name} {m:.2f} (target {op} {t:g})"
+                   for name, (m, op, t, ok) in self.targets().items() if op != "="]
+        same = all(a.same_grades for a in self.assignments)
+        return "\n".join([
+            f"{self.submissions} submissions ({self.students} per assignment), {self.cores} cores:",
+            render(header, rows), "",
+            render(("assignment", "students", "plain", "--jobs 1", f"--jobs {self.jobs}", "floor", "same grades"), per), "",
+            "Targets:", *targets,
+            f"  {'met   ' if same else 'MISSED'}  the three runs wrote the same grades",
+        ])
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run(course: Course, aids: list[str], students: int, jobs: int | None, dest: Path,
+        progress=print) -> Bench:
+    cores = os.cpu_count() or 1
+    jobs = jobs or cores
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    progress(f"building the class: {students} students x {len(aids)} assignment(s) in {dest}")
+    copies = build_class(course, aids, students, dest)
+    results = []
+    for aid in aids:
+        start = time.perf_counter()
+        results.append(bench_assignment(aid, copies[aid], dest, jobs))
+        r = results[-1]
+        progress(f"{aid}: plain {r.seconds['plain']:.0f} s, --jobs 1 {r.seconds['jobs1']:.0f} s, "
+                 f"--jobs {jobs} {r.seconds['jobsN']:.0f} s, floor {r.notebook_seconds / cores:.0f} s "
+                 f"({time.perf_counter() - start:.0f} s)")
+    return Bench(cores, jobs, students, results)
