@@ -23,7 +23,7 @@ autograde: $(STAMP)     ## autograde submitted/ for one assignment: make autogra
 	@test -n "$(ASSIGNMENT)" || { echo "usage: make autograde ASSIGNMENT=<assignment id>"; exit 2; }
 	$(TOOL) autograde $(ASSIGNMENT)
 
-bench: $(STAMP)         ## time grading 40 students per assignment: plain nbgrader vs --jobs 1 vs --jobs <cores> vs the floor
+bench: $(STAMP)         ## time grading 20 students per assignment: plain nbgrader vs --jobs 1 vs --jobs <cores> vs the floor
 	$(TOOL) bench $(ASSIGNMENT) $(if $(STUDENTS),--students $(STUDENTS))
 
 venv: $(STAMP)

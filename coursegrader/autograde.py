@@ -47,15 +47,19 @@ def shipped_files(course: Course, aid: str) -> set[str]:
 
 
 def grade_one(course: Course, grader: Grader, aid: str, student: str) -> GradeResult:
-    """Grade one student under their lock (no other grader works on them meanwhile)."""
-    with grader.locks.student(aid, student):
-        found = inspect(grader.root / "submitted" / student / aid, [aid], shipped_files(course, aid))
-        if not found.gradable:
-            grader.record_ungraded(aid, student)
-            result = GradeResult(student, aid, 0.0, error=found.problem)
-        else:
-            result = grader.autograde(aid, student)
-            result.notes.extend(found.notes)
+    """Grade one student under their lock (no other grader works on them meanwhile). Whatever goes wrong
+    becomes this student's row, so one submission never stops the batch."""
+    try:
+        with grader.locks.student(aid, student):
+            found = inspect(grader.root / "submitted" / student / aid, [aid], shipped_files(course, aid))
+            if not found.gradable:
+                grader.record_ungraded(aid, student)
+                result = GradeResult(student, aid, 0.0, error=found.problem)
+            else:
+                result = grader.autograde(aid, student)
+                result.notes.extend(found.notes)
+    except Exception as exc:  # a grader problem (database, disk), not the student's: say what it was
+        result = GradeResult(student, aid, 0.0, error=f"grading stopped: {exc.__class__.__name__}: {exc}")
     result.memory_mib = peak_memory_mib()
     return result
 
@@ -128,7 +132,7 @@ def run(course: Course, aid: str, students: list[str] | None = None, sandbox: bo
                 for future in as_completed(futures):
                     try:
                         finished(future.result())
-                    except Exception as exc:  # the worker itself died (killed, out of memory)
+                    except Exception as exc:  # the worker process itself died (killed, out of memory)
                         finished(GradeResult(futures[future], aid, 0.0,
                                              error=f"the grading worker failed: {exc.__class__.__name__}: {exc}"))
     outcome.results = [done[s] for s in students]

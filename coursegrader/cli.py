@@ -125,7 +125,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="time grading a synthetic class: plain nbgrader, --jobs 1, --jobs <cores>, the floor")
     s.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: every assignment")
-    s.add_argument("--students", type=int, default=40, help="students per assignment (default: 40)")
+    s.add_argument("--students", type=int, default=20, help="students per assignment (default: 20)")
     s.add_argument("--jobs", type=int, help="workers of the parallel run (default: the number of CPU cores)")
     s.add_argument("--dest", help="where to build and grade the class (default: bench/)")
     s.set_defaults(func=cmd_bench)

@@ -31,7 +31,7 @@ from jupyter_core.utils import run_sync
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
-from traitlets import Dict, Integer
+from traitlets import Dict, Integer, Unicode
 
 from . import integrity
 from .notebooks import is_test
@@ -62,6 +62,9 @@ class GuardedExecute(Execute):
     max_output_bytes = Integer(2_000_000, help="outputs kept per cell (figures included)").tag(config=True)
     max_message_chars = Integer(10_000, help="characters kept of an error message or a result").tag(config=True)
     probe_timeout = Integer(30, help="seconds the kernel has to answer an integrity probe").tag(config=True)
+    # Once the last cell has run, nothing the kernel does matters: kill it instead of asking it to stop
+    # and waiting (about a second per notebook); the sandbox's next start clears any leftover process.
+    shutdown_kernel = Unicode("immediate").tag(config=True)
     bindings = Dict(help="name -> [module, attribute]: what the course's imports bind (integrity.import_bindings); "
                          "set per assignment by the grader").tag(config=True)
 

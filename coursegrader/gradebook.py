@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import re
 import sqlite3
 import zlib
@@ -66,6 +67,8 @@ def normalise_url(url: str) -> str:
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise CourseError(f"unsupported gradebook database {parsed.get_backend_name()!r}: use sqlite or postgresql")
+    if parsed.drivername == "postgresql+psycopg" and importlib.util.find_spec("psycopg") is None:
+        raise CourseError("a PostgreSQL gradebook needs psycopg: pip install -r requirements.txt")
     return parsed.render_as_string(hide_password=False)
 
 

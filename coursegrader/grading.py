@@ -188,18 +188,19 @@ class Grader:
 
         Under the registration lock: graders that start at once on an empty gradebook (shards on several
         machines) would otherwise all create its tables and register the assignment."""
-        with self.locks.registration(aid):
-            try:
+        try:
+            with self.locks.registration(aid):
                 with kernel_noise_silenced(), Gradebook(self.db_url) as gb:
-                    gb.find_assignment(aid)
-                    return
-            except MissingEntry:
-                pass
-            except SQLAlchemyError as exc:
-                raise CourseError(f"cannot use the gradebook {describe(self.db_url)}: {exc.__class__.__name__}: "
-                                  f"{str(exc).splitlines()[0]}") from None
-            with tempfile.TemporaryDirectory(prefix="release-") as tmp:
-                self.generate(aid, Path(tmp))
+                    try:
+                        gb.find_assignment(aid)
+                        return
+                    except MissingEntry:
+                        pass
+                with tempfile.TemporaryDirectory(prefix="release-") as tmp:
+                    self.generate(aid, Path(tmp))
+        except SQLAlchemyError as exc:  # a server that is down, a wrong password, a database that is not there
+            first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
+            raise CourseError(f"cannot use the gradebook {describe(self.db_url)}: {first}") from None
 
     def autograde(self, aid: str, student: str) -> GradeResult:
         if aid not in self._bindings:  # what the course's imports bind, from the source: the student cannot change it

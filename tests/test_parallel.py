@@ -106,6 +106,7 @@ def test_shards_split_the_class_by_student_id():
     (["--jobs", "0"], "--jobs 0: give at least 1"),
     (["--db", "mysql://h/db"], "unsupported gradebook database 'mysql'"),
     (["--db", "::not a url"], "not a database URL"),
+    (["--db", "postgresql://nobody@127.0.0.1:1/gradebook"], "cannot use the gradebook postgresql+psycopg://nobody@127.0.0.1:1"),
 ])
 def test_bad_grading_options_give_one_line(toy_course, args, message):
     out, err = cli(toy_course.root, *args).communicate(timeout=120)
