@@ -85,6 +85,18 @@ def cmd_bench(course: Course, args: argparse.Namespace) -> int:
     return 0 if result.met else 1
 
 
+def cmd_report(course: Course, args: argparse.Namespace) -> int:
+    from . import report
+    from .gradebook import normalise_url
+
+    (aid,) = course.resolve([args.assignment])
+    built = report.build(course, aid, normalise_url(args.db) if args.db else None)
+    paths = report.save(built, course.root / "reports" / aid)
+    print(f"{aid}: {len(built.students)} students, {len(built.graded)} graded, {len(built.to_look_at)} to look at")
+    print("Saved: " + ", ".join(str(p.relative_to(course.root)) for p in paths))
+    return 0
+
+
 def cmd_sandbox(course: Course, args: argparse.Namespace) -> int:
     from .sandboxcost import report
 
@@ -129,6 +141,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--jobs", type=int, help="workers of the parallel run (default: the number of CPU cores)")
     s.add_argument("--dest", help="where to build and grade the class (default: bench/)")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("report", help="after autograde: an HTML page and CSVs of the class's grades")
+    s.add_argument("assignment", metavar="ASSIGNMENT")
+    s.add_argument("--db", metavar="URL", help="gradebook database (default: as autograde)")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("sandbox", help="say whether grading kernels can be sandboxed here, and what it costs")
     s.add_argument("--repeats", type=int, default=5, help="kernel starts to time, each way (default: 5)")
