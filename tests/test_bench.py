@@ -1,0 +1,44 @@
+"""The benchmark's arithmetic: stalls found in cell timestamps, ratios, and targets (the run itself is `make bench`)."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+
+from coursegrader.bench import AssignmentBench, Bench, stalls
+
+
+def _cell(busy: str, reply: str) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell("x = 1")
+    cell.metadata["execution"] = {"iopub.status.busy": f"2026-01-01T10:{busy}Z", "shell.execute_reply": f"2026-01-01T10:{reply}Z"}
+    return cell
+
+
+def test_stalls_are_idle_gaps_between_cells_not_long_cells(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [_cell("00:00.0", "00:01.0"), nbformat.v4.new_markdown_cell("text"),
+                _cell("00:01.5", "01:45.0"),  # a long cell is not a stall
+                _cell("03:45.5", "03:46.0")]  # 120.5 s idle before it is
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, str(path))
+    assert stalls(path) == [120.5]
+
+
+def bench(jobs_n: float) -> Bench:
+    a = AssignmentBench("01_mle_kl", 10, seconds={"plain": 300.0, "steady": 180.0, "jobs1": 170.0, "jobsN": jobs_n},
+                        memory_mib={"jobs1": 300.0, "jobsN": 280.0}, notebook_seconds=160.0, same_grades=True,
+                        stalls=[120.0])
+    return Bench(cores=2, jobs=2, students=10, assignments=[a])
+
+
+def test_targets_are_held_against_plain_without_stalls_and_the_floor():
+    fast = bench(95.0)
+    (speedup, _, _, ok1), (floor, _, _, ok2), (memory, _, _, ok3), (_, _, _, same) = fast.targets().values()
+    assert round(speedup, 3) == round(180 / 95, 3) and round(floor, 3) == round(95 / 80, 3) and memory == 300.0
+    assert ok1 and ok2 and ok3 and same and fast.met
+    assert "MISSED" not in fast.format() and "1 stall(s)" in fast.format()
+    slow = bench(120.0)  # 1.5x the floor, 1.5x faster than plain
+    assert not slow.met and slow.format().count("MISSED") == 2
+    runs = json.loads(json.dumps(slow.as_json()))["runs"]
+    assert runs["floor: notebook time / 2 cores"]["seconds"] == 80.0
