@@ -43,16 +43,26 @@ def cmd_demo(course: Course, args: argparse.Namespace) -> int:
     return 1 if unexpected else 0
 
 
+def at_least_one(option: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise CourseError(f"{option} {value}: give at least 1")
+
+
+def database(args: argparse.Namespace) -> str | None:
+    """The --db URL, checked (None: the course's own gradebook)."""
+    from .gradebook import normalise_url
+
+    return normalise_url(args.db) if args.db else None
+
+
 def cmd_autograde(course: Course, args: argparse.Namespace) -> int:
     from . import autograde
-
-    from .gradebook import Shard, normalise_url
+    from .gradebook import Shard
 
     (aid,) = course.resolve([args.assignment])
-    if args.jobs is not None and args.jobs < 1:
-        raise CourseError(f"--jobs {args.jobs}: give at least 1")
+    at_least_one("--jobs", args.jobs)
     shard = Shard.parse(args.shard) if args.shard else None
-    db_url = normalise_url(args.db) if args.db else None
+    db_url = database(args)
     outcome = autograde.run(course, aid, args.student or None, sandbox=not args.no_sandbox, jobs=args.jobs,
                             db_url=db_url, shard=shard)
     if not outcome.results:
@@ -73,8 +83,8 @@ def cmd_bench(course: Course, args: argparse.Namespace) -> int:
 
     from . import bench
 
-    if args.students < 1 or (args.jobs is not None and args.jobs < 1):
-        raise CourseError("--students and --jobs take a number of at least 1")
+    at_least_one("--students", args.students)
+    at_least_one("--jobs", args.jobs)
     dest = Path(args.dest).resolve() if args.dest else course.root / "bench"
     result = bench.run(course, course.resolve(args.assignments), args.students, args.jobs, dest)
     print(result.format())
@@ -87,10 +97,9 @@ def cmd_bench(course: Course, args: argparse.Namespace) -> int:
 
 def cmd_report(course: Course, args: argparse.Namespace) -> int:
     from . import report
-    from .gradebook import normalise_url
 
     (aid,) = course.resolve([args.assignment])
-    built = report.build(course, aid, normalise_url(args.db) if args.db else None)
+    built = report.build(course, aid, database(args))
     paths = report.save(built, course.root / "reports" / aid)
     print(f"{aid}: {len(built.students)} students, {len(built.graded)} graded, {len(built.to_look_at)} to look at")
     print("Saved: " + ", ".join(str(p.relative_to(course.root)) for p in paths))

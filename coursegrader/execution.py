@@ -31,7 +31,7 @@ from jupyter_core.utils import run_sync
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
-from traitlets import Dict, Integer, Unicode
+from traitlets import Dict, Enum, Integer
 
 from . import integrity
 from .notebooks import is_test
@@ -64,7 +64,7 @@ class GuardedExecute(Execute):
     probe_timeout = Integer(30, help="seconds the kernel has to answer an integrity probe").tag(config=True)
     # Once the last cell has run, nothing the kernel does matters: kill it instead of asking it to stop
     # and waiting (about a second per notebook); the sandbox's next start clears any leftover process.
-    shutdown_kernel = Unicode("immediate").tag(config=True)
+    shutdown_kernel = Enum(["graceful", "immediate"], default_value="immediate").tag(config=True)
     bindings = Dict(help="name -> [module, attribute]: what the course's imports bind (integrity.import_bindings); "
                          "set per assignment by the grader").tag(config=True)
 

@@ -93,7 +93,9 @@ def exercise_names(course: Course, aid: str) -> dict[str, str]:
 def build(course: Course, aid: str, db_url: str | None = None) -> Report:
     from nbgrader.api import Gradebook, MissingEntry
 
-    url = db_url or course.nbgrader_config().CourseDirectory.get("db_url") or f"sqlite:///{course.root}/gradebook.db"
+    from nbgrader.coursedir import CourseDirectory
+
+    url = db_url or CourseDirectory(config=course.nbgrader_config()).db_url  # nbgrader's own default when unset
     rows = _last_autograde(course, aid)
     names = exercise_names(course, aid)
     with Gradebook(url) as gb:
