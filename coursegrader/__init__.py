@@ -7,3 +7,11 @@ grading kernels under bubblewrap, `execution` and `integrity` keep a hostile not
 its own points or earning points its tests did not give, `submissions` says what is wrong with a submission
 folder, `sampleclass` builds the class that `check` and `demo` grade, `autograde` grades the real class.
 """
+
+import sys
+
+# jsonschema, which nbformat validates notebooks with, imports rfc3987_syntax when it is installed
+# (jupyter-events asks for it), and that module compiles a grammar at import: about 1 s in every grading
+# process (the CLI, the fork server of its workers, each check). It only checks the "iri" string formats,
+# which no notebook schema uses, so coursegrader's processes treat it as not installed.
+sys.modules.setdefault("rfc3987_syntax", None)

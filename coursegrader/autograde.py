@@ -4,7 +4,7 @@ Every submission gets a row: graded (with its integrity findings and notes) or n
 reason, and a row of zeros in the gradebook. One bad submission never stops the batch. The rows are
 printed and saved as reports/<assignment>/grades.csv and integrity.csv.
 
-With `jobs` > 1, worker processes each grade one student at a time with a grader of their own (its own
+With `jobs` > 1, worker processes (see workers.py) each grade one student at a time with a grader of their own (its own
 sandbox uid and kernel), exactly as serial grading does, so the rows written are the same; the gradebook
 is shared safely (see gradebook.py). `shard` grades only one machine's share of the class.
 """
@@ -18,7 +18,6 @@ import resource
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 from tqdm import tqdm
@@ -28,6 +27,7 @@ from .errors import CourseError
 from .gradebook import Shard
 from .grading import Grader, GradeResult
 from .submissions import inspect
+from .workers import context
 from .table import fmt, render
 
 
@@ -126,7 +126,7 @@ def run(course: Course, aid: str, students: list[str] | None = None, sandbox: bo
             for student in students:
                 finished(grade_one(course, grader, aid, student))
         else:
-            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_start_worker,
+            with ProcessPoolExecutor(jobs, mp_context=context(), initializer=_start_worker,
                                      initargs=(course.root, sandbox, db_url)) as pool:
                 futures = {pool.submit(_grade_in_worker, aid, s): s for s in students}
                 for future in as_completed(futures):

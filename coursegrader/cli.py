@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .course import Course
+from . import workers
 from .errors import CourseError
 
 
@@ -56,6 +57,8 @@ def database(args: argparse.Namespace) -> str | None:
 
 
 def cmd_autograde(course: Course, args: argparse.Namespace) -> int:
+    if args.jobs != 1:
+        workers.start_early()  # before the imports below, which it repeats on the other core
     from . import autograde
     from .gradebook import Shard
 
