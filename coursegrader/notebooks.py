@@ -68,6 +68,21 @@ def points_by_test_cell(nb: NotebookNode) -> dict[str, float]:
     return {grade_id(c): float(nbgrader_meta(c).get("points", 0)) for c in nb.cells if is_test(c)}
 
 
+def hidden_points(nb: NotebookNode) -> tuple[float, float]:
+    """(points of the test cells that hold hidden tests, all points). A test cell's points need all its tests,
+    so these are the points a student cannot know they have from the visible tests alone."""
+    cells = [c for c in nb.cells if is_test(c)]
+    hidden = sum(float(nbgrader_meta(c).get("points", 0)) for c in cells if HIDDEN_TESTS[0] in c.source)
+    return hidden, sum(float(nbgrader_meta(c).get("points", 0)) for c in cells)
+
+
+def hidden_points_line(nb: NotebookNode) -> str:
+    """The sentence at the top of every notebook that says how many points the hidden tests carry."""
+    hidden, total = hidden_points(nb)
+    share = f"all {total:g} points" if hidden == total else f"{hidden:g} of the {total:g} points"
+    return f"**The hidden tests decide {share}.**"
+
+
 def strip_markers(source: str) -> str:
     """The source without nbgrader's marker lines: what a student who solved the cell would have."""
     return "\n".join(line for line in source.splitlines() if not any(m in line for m in MARKERS))

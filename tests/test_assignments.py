@@ -10,7 +10,8 @@ import pytest
 
 from coursegrader.catalogue import load_catalogue
 from coursegrader.course import Course
-from coursegrader.notebooks import HIDDEN_TESTS, grade_id, is_solution, is_test, nbgrader_meta, read_notebook, points_by_test_cell
+from coursegrader.notebooks import (HIDDEN_TESTS, grade_id, hidden_points_line, is_solution, is_test, nbgrader_meta,
+                                    points_by_test_cell, read_notebook)
 from conftest import REPO
 
 LIVE = Course.load(REPO).live()
@@ -66,6 +67,22 @@ def test_points_add_up(source, aid):
     assert headings == list(points.values()), f"{aid}: exercise headings {headings} vs test cell points {list(points.values())}"
     total = sum(points.values())
     assert re.search(rf"\b{total:g} points\b", source.cells[0].source), f"{aid}: the title cell must state the total, {total:g} points"
+
+
+def test_title_says_how_many_points_the_hidden_tests_decide(source, aid):
+    """So that 'all visible tests passed' is not read as full marks (the sentence is computed from the cells)."""
+    line = hidden_points_line(source)
+    assert line in source.cells[0].source, f"{aid}: the title cell must say {line!r}"
+
+
+def test_visible_tests_say_what_they_checked(source, aid):
+    """Each test cell's visible part ends by printing what it checked and that hidden tests check more."""
+    for cell in filter(is_test, source.cells):
+        visible = ast.parse(cell.source.split(HIDDEN_TESTS[0])[0])
+        said = [ast.unparse(node.args[0]) for node in ast.walk(visible) if isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) == "print" and node.args]
+        assert any("checked" in text and "hidden" in text for text in said), (
+            f"{aid}/{grade_id(cell)}: the visible tests must print what they checked and that the hidden tests check more")
 
 
 def test_test_cells_have_visible_and_hidden_tests_with_messages(source, aid):
