@@ -53,7 +53,19 @@ def _size(output: NotebookNode) -> int:
     return sum(len(v) if isinstance(v, str) else len(json.dumps(v)) for v in output.get("data", {}).values())
 
 
-class GuardedExecute(Execute):
+class SlicedPolling:
+    """For an nbclient NotebookClient: a kernel client that never misses a message (see poll_in_slices)."""
+
+    async def async_start_new_kernel_client(self):
+        kc = await super().async_start_new_kernel_client()
+        for channel in (kc.shell_channel, kc.iopub_channel):
+            poll_in_slices(channel)
+        return kc
+
+    start_new_kernel_client = run_sync(async_start_new_kernel_client)  # nbclient binds the sync one to its own
+
+
+class GuardedExecute(SlicedPolling, Execute):
     """Execute with restarts after kernel deaths, a notebook time limit, tamper checks and output caps."""
 
     notebook_timeout = Integer(900, help="seconds for the whole notebook, restarts included").tag(config=True)
@@ -67,15 +79,6 @@ class GuardedExecute(Execute):
     shutdown_kernel = Enum(["graceful", "immediate"], default_value="immediate").tag(config=True)
     bindings = Dict(help="name -> [module, attribute]: what the course's imports bind (integrity.import_bindings); "
                          "set per assignment by the grader").tag(config=True)
-
-    # --- the kernel client: never miss a message -------------------------------------------------
-    async def async_start_new_kernel_client(self):
-        kc = await super().async_start_new_kernel_client()
-        for channel in (kc.shell_channel, kc.iopub_channel):
-            poll_in_slices(channel)
-        return kc
-
-    start_new_kernel_client = run_sync(async_start_new_kernel_client)  # nbclient binds the sync one to its own
 
     # --- the notebook: run, and run again without a cell that stopped the kernel -----------------
     def preprocess(self, nb: NotebookNode, resources: dict, km=None) -> tuple[NotebookNode, dict]:
