@@ -1,8 +1,9 @@
 """`coursegrader demo`: grade a sample class end to end, as a TA would, in demo/.
 
 The class: `reference` (the solution), `blank` (the release untouched) and `mistakes-<r>` (the solution
-with one round of catalogued wrong answers written in). Runs autograde, generate_feedback and the CSV
-export, then prints the scores and where to find the grades and the feedback.
+with one round of catalogued wrong answers written in). Runs autograde, generate_feedback, the grade report
+of each assignment (reports/<assignment>/report.html) and the CSV export, then prints the scores and where
+to find the grades, the reports and the feedback.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import sampleclass
+from . import report, sampleclass
+from .autograde import format_integrity, save_reports
 from .course import Course
-from .autograde import format_integrity
 from .grading import Grader, GradeResult, make_scratch_course
 from .table import fmt, render
 
@@ -29,11 +30,20 @@ def run(course: Course, aids: list[str], dest: Path,
         for aid in aids:
             grader.generate(aid)
             subs = [s for s in plans if s.assignment == aid]
-            results += sampleclass.grade(course, grader, subs, progress=lambda s: bar.update())
+            graded = sampleclass.grade(course, grader, subs, progress=lambda s: bar.update())
             grader.feedback(aid)
+            save_report(course, root, aid, [res for _, res in graded])
+            results += graded
             bar.update()
     csv = grader.export_csv(root / "grades.csv")
     return results, csv
+
+
+def save_report(course: Course, root: Path, aid: str, graded: list[GradeResult]) -> list[Path]:
+    """What a TA gets after `coursegrader autograde` and `report`: reports/<aid>/ with grades.csv and report.html."""
+    folder = root / "reports" / aid
+    save_reports(graded, folder)
+    return report.save(report.build(course, aid, root=root), folder)
 
 
 def write_mistakes(results: list[tuple[sampleclass.Submission, GradeResult]], path: Path) -> Path:
@@ -76,6 +86,7 @@ def format_report(results: list[tuple[sampleclass.Submission, GradeResult]], csv
     lines.append(render(["assignment", "student", "score", "test cells that lost points", "as expected"], rows))
     lines += ["", format_integrity([res for _, res in results], label=lambda r: f"{r.assignment}/{r.student}")]
     lines += ["", f"Which mistake each student made, and its cost: {write_mistakes(results, root / 'mistakes.csv')}",
-              f"Grades (CSV):   {csv}", f"Feedback (HTML): {root / 'feedback'}/<student>/<assignment>/<assignment>.html",
+              f"Grades (CSV):   {csv}", f"Grade reports (HTML): {root / 'reports'}/<assignment>/report.html",
+              f"Feedback (HTML): {root / 'feedback'}/<student>/<assignment>/<assignment>.html",
               f"Autograded notebooks: {root / 'autograded'}"]
     return "\n".join(lines)

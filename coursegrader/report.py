@@ -90,13 +90,15 @@ def exercise_names(course: Course, aid: str) -> dict[str, str]:
     return names
 
 
-def build(course: Course, aid: str, db_url: str | None = None) -> Report:
+def build(course: Course, aid: str, db_url: str | None = None, root: Path | None = None) -> Report:
+    """The report of `aid` graded in `root` (default: the course itself; the demo grades in a scratch copy)."""
     from nbgrader.api import Gradebook, MissingEntry
 
     from nbgrader.coursedir import CourseDirectory
 
-    url = db_url or CourseDirectory(config=course.nbgrader_config()).db_url  # nbgrader's own default when unset
-    rows = _last_autograde(course, aid)
+    root = root or course.root
+    url = db_url or CourseDirectory(config=course.nbgrader_config(root)).db_url  # nbgrader's own default when unset
+    rows = _last_autograde(root, aid)
     names = exercise_names(course, aid)
     with Gradebook(url) as gb:
         try:
@@ -124,10 +126,10 @@ def build(course: Course, aid: str, db_url: str | None = None) -> Report:
     return report
 
 
-def _last_autograde(course: Course, aid: str) -> dict[str, dict]:
+def _last_autograde(root: Path, aid: str) -> dict[str, dict]:
     """The rows of reports/<aid>/grades.csv (and of every shard's), by student; {} before any autograde."""
     found = {}
-    folder = course.root / "reports" / aid
+    folder = root / "reports" / aid
     for path in [folder / "grades.csv", *sorted(folder.glob("shard-*/grades.csv"))]:
         if path.is_file():
             with path.open(newline="") as f:

@@ -248,3 +248,48 @@ def test_demo_grades_gives_feedback_and_exports(tmp_path):
     assert "AssertionError: double(1) should be 2" in page, "the feedback must say which test failed and why"
     mistakes = (demo / "mistakes.csv").read_text().splitlines()
     assert len(mistakes) == 1 + 3 and all(line.endswith(",yes") for line in mistakes[1:])
+    page = (demo / "reports" / "toy" / "report.html").read_text()
+    assert 'id="histogram"' in page and "6 students, 6 graded" in page, "the demo must write each assignment's grade report"
+    assert "tamper" in page.split("Students to look at")[1], "the flagged student belongs under 'Students to look at'"
+
+
+@pytest.mark.parametrize("lecturer", [False, True])
+def test_lab_opens_release_for_a_student_and_source_for_a_lecturer(course, tmp_path, lecturer):
+    """`make lab`: the served page config switches nbgrader's lecturer tools off for a student only."""
+    import json
+    import re
+    import secrets
+    import time
+    import urllib.request
+
+    from coursegrader import lab
+    from test_browser import free_port
+
+    argv, env = lab.command(course, lecturer, tmp_path / "config")
+    assert (f"--ServerApp.root_dir={course.root}" if lecturer else f"--ServerApp.root_dir={course.root / 'release'}") in argv
+    assert ("--LabApp.default_url=/lab/tree/source" in argv) == lecturer
+    port, token = free_port(), secrets.token_hex(8)
+    env.update(JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"))
+    server = subprocess.Popen([*argv, "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+                               "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}"],
+                              cwd=course.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, page = time.monotonic() + 60, None
+        while page is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/lab?token={token}", timeout=5) as response:
+                    page = response.read().decode()
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "JupyterLab did not start"
+                time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(20)
+    config = json.loads(re.search(r'id="jupyter-config-data"[^>]*>(.*?)</script>', page, re.S).group(1))
+    disabled = set(config.get("disabledExtensions", []))
+    off = {"@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:create-assignment"}
+    if lecturer:
+        assert not off & disabled, f"the lecturer's JupyterLab must keep nbgrader's tools, but {off & disabled} are off"
+    else:
+        assert off <= disabled, f"a student's JupyterLab must not offer {off - disabled}"
+        assert "@jupyter/nbgrader:validate-assignment" not in disabled, "students keep the Validate button"
