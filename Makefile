@@ -5,13 +5,17 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TOOL   := $(BIN)/coursegrader
 
-.PHONY: demo test release check autograde bench venv constraints clean
+.PHONY: demo test lab release check autograde bench venv constraints clean
 
 demo: $(STAMP)          ## grade a sample class (reference, blank, catalogue mistakes) and print the scores
 	$(TOOL) demo
 
 test: $(STAMP)          ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest
+
+lab: $(STAMP)           ## JupyterLab as a student sees it (release/); make lab ROLE=lecturer: source/ with nbgrader's tools
+	@case "$(ROLE)" in ""|student) $(TOOL) lab ;; lecturer) $(TOOL) lab --lecturer ;; \
+	  *) echo "make lab: ROLE is student (the default) or lecturer, not '$(ROLE)'"; exit 2 ;; esac
 
 release: $(STAMP)       ## regenerate release/ from source/ and check it for leaks
 	$(TOOL) release

@@ -109,6 +109,12 @@ def cmd_report(course: Course, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lab(course: Course, args: argparse.Namespace) -> int:
+    from . import lab
+
+    return lab.run(course, args.lecturer, ["--no-browser"] if args.no_browser else [])
+
+
 def cmd_sandbox(course: Course, args: argparse.Namespace) -> int:
     from .sandboxcost import report
 
@@ -158,6 +164,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("assignment", metavar="ASSIGNMENT")
     s.add_argument("--db", metavar="URL", help="gradebook database (default: as autograde)")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("lab", help="JupyterLab on release/ as a student sees it, or on source/ for a lecturer")
+    s.add_argument("--lecturer", action="store_true", help="source/ with nbgrader's create-assignment toolbar and formgrader")
+    s.add_argument("--no-browser", action="store_true", help="print the address instead of opening a browser")
+    s.set_defaults(func=cmd_lab)
 
     s = sub.add_parser("sandbox", help="say whether grading kernels can be sandboxed here, and what it costs")
     s.add_argument("--repeats", type=int, default=5, help="kernel starts to time, each way (default: 5)")
