@@ -37,6 +37,8 @@ def command(course: Course, lecturer: bool, config: Path) -> tuple[list[str], di
     """The JupyterLab command line and environment for a lecturer or a student (config: a folder to use)."""
     lab = [sys.executable, "-m", "jupyterlab"]
     env = dict(os.environ)
+    bindir = str(Path(sys.executable).parent)  # nbgrader's gradebook runs `alembic`, and kernels start by name
+    env["PATH"] = os.pathsep.join([bindir, *(p for p in env.get("PATH", "").split(os.pathsep) if p and p != bindir)])
     if lecturer:
         return [*lab, f"--ServerApp.root_dir={course.root}", "--LabApp.default_url=/lab/tree/source"], env
     paths = [str(page_config(config)), *filter(None, env.get("JUPYTER_CONFIG_PATH", "").split(os.pathsep))]

@@ -143,6 +143,7 @@ def histogram_png(report: Report) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     scores = [s.score for s in report.graded]
     fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
@@ -150,6 +151,7 @@ def histogram_png(report: Report) -> str:
     ax.hist(scores, bins=min(20, max(5, int(top))), range=(0, top), color="#3b6ea8", edgecolor="white")
     ax.set_xlabel(f"score (out of {report.max_score:g})")
     ax.set_ylabel("students")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # students come whole
     ax.set_title(f"{report.assignment}: {len(scores)} graded")
     fig.tight_layout()
     buffer = io.BytesIO()
