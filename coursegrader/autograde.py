@@ -5,8 +5,9 @@ reason, and a row of zeros in the gradebook. One bad submission never stops the 
 printed and saved as reports/<assignment>/grades.csv and integrity.csv.
 
 With `jobs` > 1, worker processes (started as workers.py says) each grade one student at a time with a
-grader of their own (its own sandbox uid and kernel), exactly as serial grading does, so the rows written are the same; the gradebook
-is shared safely (see gradebook.py). `shard` grades only one machine's share of the class.
+grader of their own (its own sandbox uid and kernel), exactly as serial grading does, so the rows written
+are the same; the gradebook is shared safely (see gradebook.py). `shard` grades only one machine's share
+of the class.
 """
 
 from __future__ import annotations
