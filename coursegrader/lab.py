@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from .course import Course
+from .grading import use_this_environment
 
 LECTURER_ONLY = ("@jupyter/nbgrader:create-assignment", "@jupyter/nbgrader:formgrader",
                  "@jupyter/nbgrader:course-list", "@jupyter/nbgrader:assignment-list", "@jupyter/nbgrader:menu")
@@ -35,10 +36,9 @@ def page_config(folder: Path) -> Path:
 
 def command(course: Course, lecturer: bool, config: Path) -> tuple[list[str], dict[str, str]]:
     """The JupyterLab command line and environment for a lecturer or a student (config: a folder to use)."""
+    use_this_environment()  # the formgrader's gradebook runs `alembic`, and kernels start by name
     lab = [sys.executable, "-m", "jupyterlab"]
     env = dict(os.environ)
-    bindir = str(Path(sys.executable).parent)  # nbgrader's gradebook runs `alembic`, and kernels start by name
-    env["PATH"] = os.pathsep.join([bindir, *(p for p in env.get("PATH", "").split(os.pathsep) if p and p != bindir)])
     if lecturer:
         return [*lab, f"--ServerApp.root_dir={course.root}", "--LabApp.default_url=/lab/tree/source"], env
     paths = [str(page_config(config)), *filter(None, env.get("JUPYTER_CONFIG_PATH", "").split(os.pathsep))]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from .errors import CourseError
 SOLUTION = ("BEGIN SOLUTION", "END SOLUTION")
 HIDDEN_TESTS = ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
 MARKERS = (*SOLUTION, *HIDDEN_TESTS, "BEGIN MARK SCHEME", "END MARK SCHEME")
+# An exercise's markdown heading: "### Exercise 2.3 (2 points)" (groups: the number, the points).
+EXERCISE_HEADING = re.compile(r"^#+\s*Exercise\s+(\d+(?:\.\d+)*)\s*\((\d+(?:\.\d+)?) points?\)", re.M)
 
 
 def read_notebook(path: Path) -> NotebookNode:

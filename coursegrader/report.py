@@ -15,13 +15,12 @@ import base64
 import csv
 import html
 import io
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .course import Course
 from .errors import CourseError
-from .notebooks import read_notebook
+from .notebooks import EXERCISE_HEADING, read_notebook
 
 
 @dataclass
@@ -81,9 +80,9 @@ def exercise_names(course: Course, aid: str) -> dict[str, str]:
     names, current = {}, ""
     for cell in read_notebook(course.source_notebook(aid)).cells:
         if cell.cell_type == "markdown":
-            match = re.search(r"Exercise\s+\d+(\.\d+)*[^\n]*", cell.source)
+            match = EXERCISE_HEADING.search(cell.source)
             if match:
-                current = match.group(0).strip(" #*")
+                current = match.group(0).lstrip("# ")
         gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
         if gid and cell.metadata["nbgrader"].get("grade"):
             names[gid] = current

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,17 +17,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from servers import free_port
+
 
 def bindir() -> Path | None:
     """The newest installed PostgreSQL's programs (Debian: /usr/lib/postgresql/<major>/bin), or None."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]))
     return found[-1].parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -44,7 +39,7 @@ def server(database: str = "gradebook") -> Iterator[str]:
         as_user = {"user": account.pw_uid, "group": account.pw_gid}
         os.chown(folder, account.pw_uid, account.pw_gid)
     data, sockets = folder / "data", folder / "sockets"
-    port = _free_port()
+    port = free_port()
     process = None
     try:
         subprocess.run([bins / "initdb", "-D", data, "-U", "grader", "--auth=trust", "-E", "UTF8", "--no-sync"],

@@ -10,12 +10,11 @@ import pytest
 
 from coursegrader.catalogue import load_catalogue
 from coursegrader.course import Course
-from coursegrader.notebooks import (HIDDEN_TESTS, grade_id, hidden_points_line, is_solution, is_test, nbgrader_meta,
-                                    points_by_test_cell, read_notebook)
+from coursegrader.notebooks import (EXERCISE_HEADING, HIDDEN_TESTS, grade_id, hidden_points_line, is_solution, is_test,
+                                    nbgrader_meta, points_by_test_cell, read_notebook)
 from conftest import REPO
 
 LIVE = Course.load(REPO).live()
-EXERCISE = re.compile(r"^#+\s*Exercise\s+(\d+(?:\.\d+)*)\s*\((\d+(?:\.\d+)?) points?\)", re.M)
 
 
 @pytest.fixture(params=LIVE)
@@ -63,7 +62,7 @@ def test_points_add_up(source, aid):
     points, headings = points_by_test_cell(source), []
     for cell in source.cells:
         if cell.cell_type == "markdown":
-            headings += [float(p) for _, p in EXERCISE.findall(cell.source)]
+            headings += [float(p) for _, p in EXERCISE_HEADING.findall(cell.source)]
     assert headings == list(points.values()), f"{aid}: exercise headings {headings} vs test cell points {list(points.values())}"
     total = sum(points.values())
     assert re.search(rf"\b{total:g} points\b", source.cells[0].source), f"{aid}: the title cell must state the total, {total:g} points"

@@ -21,18 +21,13 @@ from __future__ import annotations
 import ast
 import json
 import os
-import secrets
 import shutil
-import socket
-import subprocess
-import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
+from servers import Lab, jupyterlab
 from coursegrader.course import Course
 from coursegrader.lab import command as lab_command
 from coursegrader.notebooks import is_solution, read_notebook
@@ -59,26 +54,6 @@ def missing() -> str:
     except ImportError:
         return "Playwright for Python is not installed"
     return ""
-
-
-@dataclass
-class Lab:
-    url: str
-    token: str
-    root: Path
-
-    def api(self, path: str, method: str = "GET") -> object:
-        request = urllib.request.Request(f"{self.url}{path}", method=method,
-                                         headers={"Authorization": f"token {self.token}"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            body = response.read()
-        return json.loads(body) if body else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def lab_settings(folder: Path) -> Path:
@@ -113,32 +88,8 @@ def lab(tmp_path_factory) -> Lab:
     env.update(JUPYTERLAB_SETTINGS_DIR=str(lab_settings(home / "settings")), JUPYTER_CONFIG_DIR=str(home / "config"),
                JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"), JUPYTER_RUNTIME_DIR=str(home / "runtime"))
     env.pop("MPLBACKEND", None)
-    port, token = free_port(), secrets.token_hex(16)
-    log = (home / "lab.log").open("w")
-    server = subprocess.Popen(
-        [*argv, "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", "--LabApp.expose_app_in_browser=True"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    running = Lab(f"http://127.0.0.1:{port}", token, root)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                running.api("/api/status")
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"JupyterLab did not start; see {home / 'lab.log'}:\n"
-                                + (home / "lab.log").read_text()[-2000:])
-                time.sleep(0.5)
+    with jupyterlab(argv, env, root, home / "lab.log", "--LabApp.expose_app_in_browser=True") as running:
         yield running
-    finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -258,33 +258,16 @@ def test_lab_opens_release_for_a_student_and_source_for_a_lecturer(course, tmp_p
     """`make lab`: the served page config switches nbgrader's lecturer tools off for a student only."""
     import json
     import re
-    import secrets
-    import time
-    import urllib.request
 
     from coursegrader import lab
-    from test_browser import free_port
+    from servers import jupyterlab
 
     argv, env = lab.command(course, lecturer, tmp_path / "config")
     assert (f"--ServerApp.root_dir={course.root}" if lecturer else f"--ServerApp.root_dir={course.root / 'release'}") in argv
     assert ("--LabApp.default_url=/lab/tree/source" in argv) == lecturer
-    port, token = free_port(), secrets.token_hex(8)
     env.update(JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"))
-    server = subprocess.Popen([*argv, "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-                               "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}"],
-                              cwd=course.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline, page = time.monotonic() + 60, None
-        while page is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/lab?token={token}", timeout=5) as response:
-                    page = response.read().decode()
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "JupyterLab did not start"
-                time.sleep(0.5)
-    finally:
-        server.terminate()
-        server.wait(20)
+    with jupyterlab(argv, env, course.root, tmp_path / "lab.log") as running:
+        page = running.get("/lab").decode()
     config = json.loads(re.search(r'id="jupyter-config-data"[^>]*>(.*?)</script>', page, re.S).group(1))
     disabled = set(config.get("disabledExtensions", []))
     off = {"@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:create-assignment"}
