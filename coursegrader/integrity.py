@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 
 from IPython.core.inputtransformer2 import TransformerManager
 
@@ -76,16 +77,29 @@ def inner(v, attr):
         return None if isinstance(v, type) else getattr(v, attr, None)
     except Exception:
         return None
+FUNCTION = type(inner)
+# Callables whose calls run C code whatever attributes they carry: builtin functions (which take no
+# attributes at all) and numpy's ufuncs. They are about half of what is watched; their entry is just their id.
+# Both types are reached without a name the notebook could rebind.
+OPAQUE = {type(().__class__.__base__.__subclasses__)}
+ufunc = getattr(sys.modules.get("numpy"), "ufunc", None)
+if isinstance(ufunc, type) and ufunc.__name__ == "ufunc" and not ufunc.__flags__ & (1 << 9):  # a C type, not a class made in Python
+    OPAQUE.add(ufunc)
 def entry(v):
-    """[id, id of what it wraps (0: nothing), made by installed code, digest of the code and defaults behind it].
+    """(id, id of what it wraps (0: nothing), made by installed code, digest of the code and defaults behind it).
     The digest catches a function changed in place (np.allclose._implementation.__defaults__ = ...)."""
+    t = type(v)
+    if t in OPAQUE or isinstance(v, type):
+        return (id(v), 0, False, 0)
+    if t is FUNCTION and not v.__dict__:  # a plain function with no attributes: nothing wrapped, no _implementation
+        return (id(v), 0, False, hash((id(v.__code__), id(v.__defaults__), repr(v.__kwdefaults__))))
     wrapped = inner(v, "__wrapped__")
     f = inner(v, "_implementation") or v
     code = inner(f, "__code__")
     digest = 0
     if code is not None:
         digest = hash((id(code), id(inner(f, "__defaults__")), repr(inner(f, "__kwdefaults__"))))
-    return [id(v), id(wrapped) if wrapped is not None else 0, wrapped is not None and origin(v) == "installed", digest]
+    return (id(v), id(wrapped) if wrapped is not None else 0, wrapped is not None and origin(v) == "installed", digest)
 watch = list(WATCH)
 for name in WATCH:
     if IMPORT:
@@ -96,14 +110,16 @@ for name in WATCH:
 if IMPORT:  # the baseline also watches every loaded submodule of these (their functions call each other)
     watch += sorted(m for m in list(sys.modules) if m.startswith(EXPAND) and m not in watch)
 modules = {}
+known = {}  # id -> entry: numpy exports the same functions from several of its modules
 for name in watch:
     m = sys.modules.get(name)
     if m is None:
         continue
-    ids = {k: entry(v) for k, v in list(vars(m).items()) if callable(v) and k not in ("_", "__", "___")}
+    ids = {k: known[id(v)] if id(v) in known else known.setdefault(id(v), entry(v))
+           for k, v in list(vars(m).items()) if callable(v) and k not in ("_", "__", "___")}
     modules[name] = {"id": id(m), "file": getattr(m, "__file__", None), "installed": name == "builtins"
                      or installed(getattr(m, "__file__", None)),
-                     "digest": hash(tuple(sorted((k, tuple(e)) for k, e in ids.items())))}
+                     "digest": hash(tuple(ids.items()))}
     if DETAIL is None or name in DETAIL:  # the full list only when asked: it is most of the probe's size
         modules[name]["ids"] = ids
 ip = sys.modules["IPython"].get_ipython()
@@ -182,25 +198,26 @@ def import_bindings(sources: list[str]) -> dict[str, list]:
     The tests look these names up in the notebook's namespace, so `np = something_else` in a student's cell
     would change what the tests call; the probe checks each one is still what the import bound.
     """
-    found: dict[str, list] = {}
-    for source in sources:
-        try:
-            tree = ast.parse(expected_input(source))
-        except SyntaxError:
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                for a in node.names:
-                    if a.asname:
-                        found[a.asname] = [a.name, None]
-                    else:
-                        top = a.name.split(".")[0]
-                        found[top] = [top, None]
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                for a in node.names:
-                    if a.name != "*":
-                        found[a.asname or a.name] = [node.module, a.name]
-    return found
+    return {name: list(target) for source in sources for name, target in _imports(source)}
+
+
+@lru_cache(maxsize=4096)
+def _imports(source: str) -> tuple[tuple[str, tuple[str, str | None]], ...]:
+    """(name, (module, attribute or None)) for each import in one cell, in order. Cached: a class hands in
+    the same given cells and tests over and over, and parsing them is a grader's CPU a kernel could use."""
+    try:
+        tree = ast.parse(expected_input(source))
+    except SyntaxError:
+        return ()
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                top = a.name.split(".")[0]
+                found.append((a.asname, (a.name, None)) if a.asname else (top, (top, None)))
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found += [(a.asname or a.name, (node.module, a.name)) for a in node.names if a.name != "*"]
+    return tuple(found)
 
 
 EXPAND = ("numpy.", "torch.testing.")
@@ -301,6 +318,7 @@ def changes(baseline: Probe, now: Probe) -> list[str]:
 _transformer = TransformerManager()
 
 
+@lru_cache(maxsize=4096)
 def expected_input(source: str) -> str:
     """The code IPython executes for a cell with no transformers but its own (magics, prompts)."""
     try:
