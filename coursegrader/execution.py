@@ -141,6 +141,10 @@ class GuardedExecute(SlicedPolling, Execute):
             self.digests: dict[str, int] = {}  # module -> digests of states already checked
             self.exit_code: int | None = None
             self.watched = integrity.watched_modules([c.source for c in pristine.cells if c.cell_type == "code"])
+            self.carriers = probe_carriers(pristine.cells)
+            self.attached: str | None = None  # the probe expression the cell being run carries, if any
+            self.returned: integrity.Probe | None = None  # its answer
+            self.handed_on: integrity.Probe | None = None  # the state after the cell just run, if probed
             try:
                 nb, resources = super().preprocess(copy.deepcopy(pristine), resources, km)
                 break
@@ -154,6 +158,21 @@ class GuardedExecute(SlicedPolling, Execute):
                     self.deadline = 0  # run nothing more: the remaining cells are marked not run
         self._save_findings(resources)
         return nb, resources
+
+    async def async_start_new_kernel_client(self):
+        """The client, whose `execute` lets a cell's request carry the integrity probe (see _run)."""
+        kc = await super().async_start_new_kernel_client()
+        send = kc.execute
+
+        def execute(code, *args, **kwargs):
+            if self.attached is not None and "user_expressions" not in kwargs:  # a cell, not a probe of its own
+                kwargs["user_expressions"] = {"probe": self.attached}
+            return send(code, *args, **kwargs)
+
+        kc.execute = execute
+        return kc
+
+    start_new_kernel_client = run_sync(async_start_new_kernel_client)
 
     async def _async_check_alive(self) -> None:
         try:
@@ -180,6 +199,7 @@ class GuardedExecute(SlicedPolling, Execute):
     def preprocess_cell(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
         if cell.cell_type != "code":
             return cell, resources
+        handed_on, self.handed_on = self.handed_on, None
         if self.baseline is None and not self.baseline_problem:
             try:
                 self.baseline = self._probe(import_them=True)
@@ -202,10 +222,11 @@ class GuardedExecute(SlicedPolling, Execute):
         self._truncated = False
         if is_test(cell) and cell.source.strip():
             # Checked before (a patch that undoes itself inside the test) and after (one the test triggers).
-            before = self._probe_or_flag(cell, index)
+            before = handed_on or self._probe_or_flag(cell, index)
             problems = self._changes(before, cell, index) if before and self.baseline else []
-            cell, resources = super().preprocess_cell(cell, resources, index)
-            after = self._probe_or_flag(cell, index)
+            cell, resources = self._run(cell, resources, index)
+            after = self.returned or self._probe_or_flag(cell, index)
+            self.handed_on = after
             if self.baseline_problem:
                 self._flag(cell, index, [self.baseline_problem])
             elif before and after:
@@ -213,10 +234,32 @@ class GuardedExecute(SlicedPolling, Execute):
                              *integrity.foreign_modules(self.baseline)]
                 self._flag(cell, index, list(dict.fromkeys(p for p in problems if p)))
         else:
-            cell, resources = super().preprocess_cell(cell, resources, index)
+            cell, resources = self._run(cell, resources, index)
+            self.handed_on = self.returned
         self._after_timeout_check(cell)
         self._shorten(cell)
         return cell, resources
+
+    def _run(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
+        """Run the cell. If a test cell comes next, or this is one, the cell's own request carries the probe, and
+        the kernel evaluates it right after the cell, as a probe sent on its own would be: one round trip less.
+        Its answer is left in `returned`; None when there is none (the kernel evaluates user expressions only
+        after a cell that raised no error), and then the caller sends the probe on its own."""
+        self.returned = None
+        if index in self.carriers:
+            self.attached = integrity.probe_expression(self.watched, False, self.bindings, [])
+        try:
+            return super().preprocess_cell(cell, resources, index)
+        finally:
+            self.attached = None
+
+    def on_cell_executed(self, **kwargs) -> None:
+        super().on_cell_executed(**kwargs)
+        if self.attached is not None:
+            try:
+                self.returned = integrity.Probe.from_reply(kwargs["execute_reply"])
+            except ValueError:  # not evaluated, or it failed: a probe of its own will say why
+                self.returned = None
 
     def _after_timeout_check(self, cell: NotebookNode) -> None:
         """A timed-out cell was interrupted; if the kernel is still busy, treat it as stopped."""
@@ -325,6 +368,19 @@ class GuardedExecute(SlicedPolling, Execute):
                 for key, value in out.get("data", {}).items():
                     if isinstance(value, str) and len(value) > n:
                         out.data[key] = value[:n] + " ... [truncated]"
+
+
+def probe_carriers(cells: list[NotebookNode]) -> set[int]:
+    """Indices of the cells whose request carries the integrity probe: every test cell, and the cell run just
+    before it (whose probe is the test's "before"; markdown and empty cells do not run)."""
+    carriers, last = set(), None
+    for i, cell in enumerate(cells):
+        if cell.cell_type != "code" or not cell.source.strip():
+            continue
+        if is_test(cell):
+            carriers |= {i} | ({last} if last is not None else set())
+        last = i
+    return carriers
 
 
 POLL_SLICE_SECONDS = 0.2
