@@ -67,6 +67,7 @@ class SlicedPolling:
     settle_iopub = True
 
     async def async_start_new_kernel_client(self):
+        """nbclient's own, but the channels poll in slices before the first message (the kernel_info request)."""
         self.kc = self.km.client()
         for channel in (self.kc.shell_channel, self.kc.iopub_channel):
             poll_in_slices(channel)
@@ -199,7 +200,9 @@ class GuardedExecute(SlicedPolling, Execute):
     def preprocess_cell(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
         if cell.cell_type != "code":
             return cell, resources
-        handed_on, self.handed_on = self.handed_on, None
+        handed_on = self.handed_on  # the state right before this cell, if the cell run before it carried a probe
+        if cell.source.strip():  # an empty cell is not run: what the cell before it handed on still holds
+            self.handed_on = None
         if self.baseline is None and not self.baseline_problem:
             try:
                 self.baseline = self._probe(import_them=True)

@@ -210,6 +210,36 @@ def test_honest_grades_equal_plain_nbgrader(tmp_path):
     assert ours["reference"] == {"test_double": (2.0, 2.0), "test_answer_quiz": (1.0, 1.0)}
 
 
+def test_probes_ride_on_the_cells_of_an_honest_notebook(tmp_path, monkeypatch):
+    """A test cell and the cell before it carry the integrity probe in their own requests, so an honest notebook
+    costs one probe round trip (the baseline) and no more; a test that fails gets probes of its own and is graded
+    as before. (Speed: each round trip is about 20 ms, and a notebook has about 30 of them to save.)"""
+    from jupyter_core.utils import run_sync
+
+    from coursegrader.execution import GuardedExecute
+
+    root = make_course(tmp_path / "course")
+    WRONG_DOUBLE = {**RIGHT, "double": "def double(x):\n    return 2"}
+    for student, answers in (("honest", RIGHT), ("wrong", WRONG_DOUBLE)):
+        hand_in(answers)(root / "release" / "toy" / "toy.ipynb", root / "submitted" / student / "toy")
+    sent: list[str] = []
+    original = GuardedExecute._async_probe
+
+    async def counted(self, import_them=False, timeout=None, detail=()):
+        sent.append("baseline" if import_them else "detail" if detail else "probe")
+        return await original(self, import_them, timeout, detail)
+
+    monkeypatch.setattr(GuardedExecute, "_probe", run_sync(counted))
+    grader = Grader(Course.load(root), root)
+    honest = grader.autograde("toy", "honest")
+    assert (honest.cells, honest.findings) == ({"test_double": (2.0, 2.0), "test_answer_quiz": (1.0, 1.0)}, [])
+    assert sent == ["baseline"], f"an honest notebook sent probes of their own: {sent}"
+    sent.clear()
+    wrong = grader.autograde("toy", "wrong")
+    assert wrong.cells["test_double"] == (0.0, 2.0) and not wrong.findings
+    assert sent == ["baseline", "probe"], f"a failed test cell needs exactly one probe of its own (after it): {sent}"
+
+
 @pytest.mark.skipif(bool(NO_SANDBOX), reason=f"needs the sandbox ({NO_SANDBOX})")
 def test_sandbox_costs_under_a_third_of_a_second_per_notebook(capsys):
     from coursegrader.sandboxcost import measure
