@@ -4,8 +4,9 @@ A student's code shares the kernel with the hidden tests, so it can try to make 
 right: blank later cells with an IPython input transformer, strip asserts with an AST transformer,
 replace `builtins.abs` or `numpy.testing.assert_allclose`, put a fake module into `sys.modules`, or ship a
 `numpy.py` beside the notebook. The grader cannot look into the kernel from outside, but it can ask:
-before the first cell and after every graded test cell it evaluates a probe as a *user expression*
-(evaluated by the kernel directly, past every input transformer) that reports
+before the first cell, and before and after every graded test cell, it evaluates a probe as a *user
+expression* (evaluated by the kernel directly, past every input transformer; execution.py has the cells'
+own requests carry it where it can) that reports
 
 - the identity of every callable in the watched modules, and where those modules were loaded from;
 - the IPython hooks (input and AST transformers, event callbacks, custom exception handlers, the
