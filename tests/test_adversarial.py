@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from adversarial import FULL, RIGHT, Case, cases, hand_in, snoop_cell
+from adversarial import FULL, RIGHT, WRONG, Case, cases, hand_in, snoop_cell
 from toycourse import make_toy_course
 
 from coursegrader import autograde
@@ -219,8 +219,7 @@ def test_probes_ride_on_the_cells_of_an_honest_notebook(tmp_path, monkeypatch):
     from coursegrader.execution import GuardedExecute
 
     root = make_course(tmp_path / "course")
-    WRONG_DOUBLE = {**RIGHT, "double": "def double(x):\n    return 2"}
-    for student, answers in (("honest", RIGHT), ("wrong", WRONG_DOUBLE)):
+    for student, answers in (("honest", RIGHT), ("wrong", {**RIGHT, "double": WRONG["double"]})):
         hand_in(answers)(root / "release" / "toy" / "toy.ipynb", root / "submitted" / student / "toy")
     sent: list[str] = []
     original = GuardedExecute._async_probe
@@ -232,7 +231,7 @@ def test_probes_ride_on_the_cells_of_an_honest_notebook(tmp_path, monkeypatch):
     monkeypatch.setattr(GuardedExecute, "_probe", run_sync(counted))
     grader = Grader(Course.load(root), root)
     honest = grader.autograde("toy", "honest")
-    assert (honest.cells, honest.findings) == ({"test_double": (2.0, 2.0), "test_answer_quiz": (1.0, 1.0)}, [])
+    assert (honest.cells, honest.findings) == ({gid: (points, points) for gid, points in FULL.items()}, [])
     assert sent == ["baseline"], f"an honest notebook sent probes of their own: {sent}"
     sent.clear()
     wrong = grader.autograde("toy", "wrong")
