@@ -118,11 +118,10 @@ for name in watch:
         continue
     ids = {k: known[id(v)] if id(v) in known else known.setdefault(id(v), entry(v))
            for k, v in list(vars(m).items()) if callable(v) and k not in ("_", "__", "___")}
-    modules[name] = {"id": id(m), "file": getattr(m, "__file__", None), "installed": name == "builtins"
-                     or installed(getattr(m, "__file__", None)),
-                     "digest": hash(tuple(ids.items()))}
+    modules[name] = {"id": id(m), "digest": hash((id(m), tuple(ids.items())))}  # a module replaced is listed in full
     if DETAIL is None or name in DETAIL:  # the full list only when asked: it is most of the probe's size
-        modules[name]["ids"] = ids
+        modules[name].update(ids=ids, file=getattr(m, "__file__", None),
+                             installed=name == "builtins" or installed(getattr(m, "__file__", None)))
 ip = sys.modules["IPython"].get_ipython()
 hooks = {
     "input_transformers_cleanup": [describe(t) for t in ip.input_transformers_cleanup],
