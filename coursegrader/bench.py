@@ -13,7 +13,13 @@ autograded/ folder, outputs cleared) is run with nbclient in a plain kernel, ker
 time counted once per copy; divided by the cores, that is what no grader on this machine can beat. Each is
 run twice, right after the plain run and again after the coursegrader runs, and the shorter time is kept:
 a floor is a lower bound, and a shared machine has slow spells (one made a floor 30% too high).
-The three runs must write the same grades: the benchmark compares their gradebooks.
+
+`--jobs <cores>` is compared with the floor the same way: it runs a second time, after the floor's second
+measurement, and the faster of its two runs is held against the floor. A ratio whose denominator keeps the
+faster of two measurements and whose numerator takes one is biased upwards by the machine's noise itself
+(one notebook's time moves by up to 15% between runs here). The speed-up on plain nbgrader, measured once,
+is held against the first `--jobs` run, also measured once; both runs are in the table.
+All runs must write the same grades: the benchmark compares their gradebooks.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ TARGET_SPEEDUP = 1.7  # at least this much faster than plain nbgrader (2 cores)
 TARGET_FLOOR = 1.3  # at most this much slower than the floor
 TARGET_MEMORY_MIB = 1536  # per worker
 
-RUNS = ("plain", "jobs1", "jobsN")
+RUNS = ("plain", "jobs1", "jobsN", "jobsN-again")
 
 
 @dataclass
@@ -141,17 +147,22 @@ def bench_assignment(aid: str, copies: dict[str, list[str]], dest: Path, jobs: i
     variants = {variant: students for variant, students in copies.items() if students}
     executed = {v: dest / "plain" / "autograded" / students[0] / aid / f"{aid}.ipynb" for v, students in variants.items()}
     result.distinct_runs = {v: [round(own_time(nb), 2)] for v, nb in executed.items()}
-    for run, n in (("jobs1", 1), ("jobsN", jobs)):
+    def grade(run: str, n: int) -> None:
         tool = [sys.executable, "-m", "coursegrader", "autograde", aid, "--jobs", str(n)]
         result.seconds[run] = timed(tool, dest / run, log)
         summary = json.loads((dest / run / "reports" / aid / "run.json").read_text())
         result.memory_mib[run] = summary["peak_memory_mib_per_worker"]
+
+    grade("jobs1", 1)
+    grade("jobsN", jobs)
     for variant, students in variants.items():
         result.distinct_runs[variant].append(round(own_time(executed[variant]), 2))
         result.distinct[variant] = min(result.distinct_runs[variant])
         result.notebook_seconds += result.distinct[variant] * len(students)
+    grade("jobsN-again", jobs)
+    result.seconds["jobsN-best"] = min(result.seconds["jobsN"], result.seconds["jobsN-again"])
     grades = [snapshot(f"sqlite:///{dest / run}/gradebook.db", aid) for run in RUNS]
-    result.same_grades = grades[0] == grades[1] == grades[2] and len(grades[0]) == result.students
+    result.same_grades = all(g == grades[0] for g in grades) and len(grades[0]) == result.students
     return result
 
 
@@ -180,14 +191,14 @@ class Bench:
     def targets(self) -> dict[str, tuple[float, str, float, bool]]:
         """name -> (measured, comparison, target, met)."""
         speedup = self.total("steady") / self.total("jobsN")
-        floor = self.total("jobsN") / self.floor
-        memory = max(self.memory("jobs1"), self.memory("jobsN"))
+        floor = self.total("jobsN-best") / self.floor
+        memory = max(self.memory(run) for run in RUNS[1:])
         same = all(a.same_grades for a in self.assignments)
         return {
             f"--jobs {self.jobs} is faster than plain nbgrader (without its stalls) by": (speedup, ">=", TARGET_SPEEDUP, speedup >= TARGET_SPEEDUP),
-            f"--jobs {self.jobs} takes the floor's time times": (floor, "<=", TARGET_FLOOR, floor <= TARGET_FLOOR),
+            f"--jobs {self.jobs} (the faster of its two runs) takes the floor's time times": (floor, "<=", TARGET_FLOOR, floor <= TARGET_FLOOR),
             "peak memory per worker (MiB)": (memory, "<", TARGET_MEMORY_MIB, memory < TARGET_MEMORY_MIB),
-            "the three runs wrote the same grades": (float(same), "=", 1.0, same),
+            "all runs wrote the same grades": (float(same), "=", 1.0, same),
         }
 
     @property
@@ -211,14 +222,16 @@ class Bench:
         return {"plain": "nbgrader autograde (plain, serial)",
                 "steady": f"  the same without its {n} stall(s) of ~{self.timeout:g} s",
                 "jobs1": "coursegrader autograde --jobs 1",
-                "jobsN": f"coursegrader autograde --jobs {self.jobs}", "floor": f"floor: notebook time / {self.cores} cores"}
+                "jobsN": f"coursegrader autograde --jobs {self.jobs}",
+                "jobsN-again": f"  --jobs {self.jobs} again, after the floor's second measurement",
+                "jobsN-best": "  the faster of the two, per assignment", "floor": f"floor: notebook time / {self.cores} cores"}
 
     def _row(self, run: str) -> dict:
         seconds = self.floor if run == "floor" else self.total(run)
         return {"seconds": round(seconds, 1), "per_minute": round(60 * self.submissions / seconds, 1),
                 "speedup_vs_plain": round(self.total("steady") / seconds, 2),
                 "times_floor": round(seconds / self.floor, 2),
-                "peak_memory_mib_per_worker": self.memory(run) if run in ("jobs1", "jobsN") else None}
+                "peak_memory_mib_per_worker": self.memory(run) if run in RUNS[1:] else None}
 
     def format(self) -> str:
         header = ("run", "seconds", "per minute", "speed-up on plain (no stalls)", "times the floor", "peak MiB/worker")
@@ -236,10 +249,10 @@ class Bench:
         return "\n".join([
             f"{self.submissions} submissions ({self.students} per assignment), {self.cores} cores:",
             render(header, rows), "",
-            render(("assignment", "students", "plain", "--jobs 1", f"--jobs {self.jobs}", "plain's stalls", "floor",
-                    "same grades"), per), "",
+            render(("assignment", "students", "plain", "--jobs 1", f"--jobs {self.jobs}", "again", "plain's stalls",
+                    "floor", "same grades"), per), "",
             "Targets:", *targets,
-            f"  {'met   ' if same else 'MISSED'}  the three runs wrote the same grades",
+            f"  {'met   ' if same else 'MISSED'}  all runs wrote the same grades",
         ])
 
 
@@ -268,7 +281,8 @@ def run(course: Course, aids: list[str], students: int, jobs: int | None, dest: 
         results.append(bench_assignment(aid, copies[aid], dest, jobs))
         r = results[-1]
         progress(f"{aid}: plain {r.seconds['plain']:.0f} s, --jobs 1 {r.seconds['jobs1']:.0f} s, "
-                 f"--jobs {jobs} {r.seconds['jobsN']:.0f} s, floor {r.notebook_seconds / cores:.0f} s "
+                 f"--jobs {jobs} {r.seconds['jobsN']:.0f} s and {r.seconds['jobsN-again']:.0f} s, "
+                 f"floor {r.notebook_seconds / cores:.0f} s "
                  f"({time.perf_counter() - start:.0f} s)")
     timeout = course.nbgrader_config().Execute.get("timeout", 30)
     return Bench(cores, jobs, students, results, float(timeout))

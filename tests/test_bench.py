@@ -25,10 +25,12 @@ def test_stalls_are_idle_gaps_between_cells_not_long_cells(tmp_path):
     assert stalls(path) == [120.5]
 
 
-def bench(jobs_n: float) -> Bench:
-    a = AssignmentBench("01_mle_kl", 10, seconds={"plain": 300.0, "steady": 180.0, "jobs1": 170.0, "jobsN": jobs_n},
-                        memory_mib={"jobs1": 300.0, "jobsN": 280.0}, notebook_seconds=160.0, same_grades=True,
-                        stalls=[120.0])
+def bench(jobs_n: float, again: float | None = None) -> Bench:
+    again = jobs_n if again is None else again
+    a = AssignmentBench("01_mle_kl", 10, seconds={"plain": 300.0, "steady": 180.0, "jobs1": 170.0, "jobsN": jobs_n,
+                                                  "jobsN-again": again, "jobsN-best": min(jobs_n, again)},
+                        memory_mib={"jobs1": 300.0, "jobsN": 280.0, "jobsN-again": 290.0}, notebook_seconds=160.0,
+                        same_grades=True, stalls=[120.0])
     return Bench(cores=2, jobs=2, students=10, assignments=[a])
 
 
@@ -42,3 +44,13 @@ def test_targets_are_held_against_plain_without_stalls_and_the_floor():
     assert not slow.met and slow.format().count("MISSED") == 2
     runs = json.loads(json.dumps(slow.as_json()))["runs"]
     assert runs["floor: notebook time / 2 cores"]["seconds"] == 80.0
+
+
+def test_the_floor_is_compared_with_the_faster_run_and_plain_with_the_first():
+    """The floor keeps the shorter of two measurements, so --jobs N is held against it with the faster of its
+    two runs; plain nbgrader runs once, so the speed-up uses the first --jobs N run, also a single run."""
+    b = bench(110.0, again=100.0)
+    (speedup, _, _, _), (floor, _, _, _), *_ = b.targets().values()
+    assert round(speedup, 3) == round(180 / 110, 3), "the speed-up on plain must use the first --jobs run"
+    assert round(floor, 3) == round(100 / 80, 3), "the floor ratio must use the faster --jobs run"
+    assert "again" in b.format() and "the faster of the two" in b.format()
