@@ -17,7 +17,7 @@ a floor is a lower bound, and a shared machine has slow spells (one made a floor
 `--jobs <cores>` is compared with the floor the same way: it runs a second time, after the floor's second
 measurement, and the faster of its two runs is held against the floor. A ratio whose denominator keeps the
 faster of two measurements and whose numerator takes one is biased upwards by the machine's noise itself
-(one notebook's time moves by up to 15% between runs here). The speed-up on plain nbgrader, measured once,
+(one notebook's time moves by up to 30% between runs here). The speed-up on plain nbgrader, measured once,
 is held against the first `--jobs` run, also measured once; both runs are in the table.
 All runs must write the same grades: the benchmark compares their gradebooks.
 """

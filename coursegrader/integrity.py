@@ -244,7 +244,7 @@ def probe_expression(watched: list[str], import_them: bool, bindings: dict[str, 
 @lru_cache(maxsize=256)
 def _expression(source: str) -> str:
     """The probe's code goes compiled, as marshal data: compiling the source took the kernel about 2 ms of the
-    10 a probe costs, about 60 ms per notebook, and loading compiled code takes 0.05 ms. A kernel of another
+    8 a probe cost (about 50 ms per notebook), loading compiled code takes 0.05 ms. A kernel of another
     Python version (another bytecode MAGIC_NUMBER) compiles the source, which goes along."""
     code = marshal.dumps(compile(source, "<string>", "exec")).hex()
     run = (f"b['exec'](g['marshal'].loads(b''.fromhex({code!r})) if g['MAGIC_NUMBER'] == {MAGIC_NUMBER!r} "

@@ -290,9 +290,10 @@ def probe():
     reply = shell.user_expressions({"probe": integrity.probe_expression(["builtins", "numpy"], False, {"np": ["numpy", None]}, [])})
     return integrity.Probe.from_reply({"content": {"user_expressions": reply}}).data
 compiled = probe()
+sent_compiled = "fromhex" in integrity.probe_expression(["numpy"], False)
 integrity.MAGIC_NUMBER = b"none"  # a kernel of another Python: it compiles the source that goes along
 integrity._expression.cache_clear()
-print(json.dumps([compiled == probe(), sorted(compiled["modules"]), "out" in shell.user_ns]))
+print(json.dumps([compiled == probe(), sorted(compiled["modules"]), "out" in shell.user_ns, sent_compiled]))
 """
 
 
@@ -305,7 +306,8 @@ def test_the_probe_answers_the_same_compiled_or_from_source():
     done = subprocess.run([sys.executable, "-c", PROBE_BOTH_WAYS], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert done.returncode == 0, done.stderr
-    same, modules, leaked = json.loads(done.stdout.strip().splitlines()[-1])
+    same, modules, leaked, sent_compiled = json.loads(done.stdout.strip().splitlines()[-1])
+    assert sent_compiled, "a kernel of this Python must be sent the compiled probe"
     assert same, "the probe compiled and the probe from source disagree"
     assert modules == ["builtins", "numpy"], modules
     assert not leaked, "the probe's variables leaked into the notebook's namespace"
