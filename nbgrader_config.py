@@ -12,6 +12,33 @@ c.CourseDirectory.course_id = "deep-generative-models"
 # stay with the TA (reports/) instead of travelling into students' feedback folders.
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.integrity.json"]
 
+# Autograding runs student code: on every path (nbgrader autograde, the formgrader's Autograde button,
+# coursegrader autograde/check/demo) each notebook runs through coursegrader's GuardedExecute instead of
+# nbgrader's Execute: every kernel in a bubblewrap sandbox, restarts after a crash, a time limit per notebook
+# (5 x its budget in course.toml), output caps. The exporter refuses to start a run, and grades nobody, when
+# that cannot be had here. Opt-out, for trusted notebooks on a machine without bubblewrap only:
+#     nbgrader autograde ASSIGNMENT --GuardedExecute.sandbox=False      (coursegrader: --no-sandbox)
+# The list is nbgrader 0.9.6's own with Execute replaced (tests/test_setup.py holds it to nbgrader's).
+c.Autograde.exporter_class = "coursegrader.safety.GuardedExporter"
+c.Autograde.autograde_preprocessors = [
+    "coursegrader.execution.GuardedExecute",
+    "nbgrader.preprocessors.IgnorePattern",
+    "nbconvert.preprocessors.ClearMetadataPreprocessor",
+    "nbgrader.preprocessors.LimitOutput",
+    "nbgrader.preprocessors.SaveAutoGrades",
+    "nbgrader.preprocessors.AssignLatePenalties",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
+# A cell a student copied and pasted (a second cell with a grade_id) is graded as their own code, not a crash.
+c.Autograde.sanitize_preprocessors = [
+    "nbgrader.preprocessors.ClearOutput",
+    "nbgrader.preprocessors.DeduplicateIds",
+    "coursegrader.sanitize.ForgetStrayCells",
+    "nbgrader.preprocessors.OverwriteKernelspec",
+    "nbgrader.preprocessors.OverwriteCells",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
+
 # Time limit for one cell while autograding, in seconds. The slowest cells of the course (training a
 # small VAE or GAN) take about 20 s on a 2-core CPU; a cell that hangs is stopped and scores 0.
 c.Execute.timeout = 120

@@ -27,9 +27,10 @@ from .course import Course
 from .errors import CourseError
 from .gradebook import Shard
 from .grading import Grader, GradeResult
+from .sanitize import source_grade_ids
 from .submissions import inspect
 from .workers import context
-from .table import fmt, render
+from .table import fmt, printable, render, row
 
 
 def submissions(course: Course, aid: str) -> list[str]:
@@ -52,7 +53,9 @@ def grade_one(course: Course, grader: Grader, aid: str, student: str) -> GradeRe
     becomes this student's row, so one submission never stops the batch."""
     try:
         with grader.locks.student(aid, student):
-            found = inspect(grader.root / "submitted" / student / aid, [aid], shipped_files(course, aid))
+            source = course.source_notebook(aid)
+            found = inspect(grader.root / "submitted" / student / aid, [aid], shipped_files(course, aid),
+                            grade_ids=source_grade_ids(str(source), source.stat().st_mtime_ns))
             if not found.gradable:
                 grader.record_ungraded(aid, student)
                 result = GradeResult(student, aid, 0.0, error=found.problem)
@@ -82,6 +85,7 @@ class Run:
     jobs: int = 1
     seconds: float = 0.0
     shard: Shard | None = None
+    sandboxed: bool = True
 
     @property
     def peak_memory_mib(self) -> float:
@@ -95,7 +99,7 @@ _worker: tuple[Course, Grader] | None = None
 def _start_worker(course_root: Path, sandbox: bool, db_url: str | None) -> None:
     global _worker
     course = Course.load(course_root)
-    _worker = (course, Grader(course, course.root, sandbox=sandbox, db_url=db_url, warn=False))
+    _worker = (course, Grader(course, course.root, sandbox=sandbox, db_url=db_url))
 
 
 def _grade_in_worker(aid: str, student: str) -> GradeResult:
@@ -108,12 +112,13 @@ def run(course: Course, aid: str, students: list[str] | None = None, sandbox: bo
     """Grade `students` (default: every submission, or the shard's share) with `jobs` workers (default: one per core)."""
     start = time.perf_counter()
     grader = Grader(course, course.root, sandbox=sandbox, db_url=db_url)
+    grader.ensure_safe()  # before anything else: an unsafe run grades nobody
     grader.ensure_registered(aid)
     students = students or submissions(course, aid)
     if shard is not None:
         students = shard.select(students)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(students)))
-    outcome = Run(aid, jobs=jobs, shard=shard)
+    outcome = Run(aid, jobs=jobs, shard=shard, sandboxed=sandbox)
     done: dict[str, GradeResult] = {}
     label = f"autograde {aid}" + (f" (shard {shard})" if shard else "") + (f", {jobs} at once" if jobs > 1 else "")
     with tqdm(total=len(students), desc=label, unit="student") as bar:
@@ -159,13 +164,13 @@ def save_reports(results: list[GradeResult], folder: Path) -> tuple[Path, Path]:
         out = csv.writer(f)
         out.writerow(["student", "score", "max_score", "graded", "reason", "integrity_findings", "notes", "seconds"])
         for r in results:
-            out.writerow([r.student, fmt(r.score) if r.ok else 0, fmt(r.max_score) if r.ok else "",
-                          "yes" if r.ok else "no", r.error, len(r.tampering), " | ".join(r.notes), f"{r.seconds:.1f}"])
+            out.writerow(row([r.student, fmt(r.score) if r.ok else 0, fmt(r.max_score) if r.ok else "",
+                              "yes" if r.ok else "no", r.error, len(r.tampering), " | ".join(r.notes), f"{r.seconds:.1f}"]))
     with findings.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["student", "cell", "kind", "finding"])
         for r in results:
-            out.writerows([r.student, x["cell"], x["kind"], x["finding"]] for x in r.findings)
+            out.writerows(row([r.student, x["cell"], x["kind"], x["finding"]]) for x in r.findings)
     return grades, findings
 
 
@@ -175,7 +180,7 @@ def save_run(outcome: Run, folder: Path) -> Path:
     results = outcome.results
     path.write_text(json.dumps({
         "assignment": outcome.assignment, "students": len(results), "graded": sum(r.ok for r in results),
-        "flagged": sum(bool(r.tampering) for r in results), "jobs": outcome.jobs,
+        "flagged": sum(bool(r.tampering) for r in results), "jobs": outcome.jobs, "sandboxed": outcome.sandboxed,
         "shard": str(outcome.shard) if outcome.shard else None, "seconds": round(outcome.seconds, 2),
         "peak_memory_mib_per_worker": round(outcome.peak_memory_mib, 1),
     }, indent=1) + "\n", encoding="utf-8")
@@ -198,10 +203,12 @@ def format_summary(outcome: Run) -> str:
     lines = [f"{graded} of {len(results)} graded" + (f" (shard {outcome.shard})" if outcome.shard else "")
              + f" in {outcome.seconds:.1f} s with {outcome.jobs} worker(s): {rate:.1f} submissions per minute; "
              f"peak memory per worker {outcome.peak_memory_mib:,.0f} MiB"]
-    failed = [r.student for r in results if not r.ok]
+    if not outcome.sandboxed:
+        lines.append("UNSANDBOXED (--no-sandbox): student code ran with your permissions, in scratch folders")
+    failed = [printable(r.student) for r in results if not r.ok]
     if failed:
         lines.append(f"could not grade: {', '.join(failed)}")
-    flagged = [r.student for r in results if r.tampering]
+    flagged = [printable(r.student) for r in results if r.tampering]
     if flagged:
         lines.append(f"flagged by the integrity check: {', '.join(flagged)}")
     return "\n".join(lines)

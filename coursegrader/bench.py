@@ -39,7 +39,7 @@ import nbformat
 from nbclient import NotebookClient
 
 from . import sampleclass
-from .course import COURSE_FILE, Course
+from .course import CONFIG_FILE, COURSE_FILE, Course
 from .errors import CourseError
 from .gradebook import snapshot
 from .execution import SlicedPolling
@@ -66,11 +66,17 @@ class AssignmentBench:
     stalls: list[float] = field(default_factory=list)  # plain nbgrader's waits on a reply it missed (see stalls())
 
 
+# Appended to the plain run's nbgrader_config.py: nbgrader's own Execute, unguarded and unsandboxed (our own
+# notebooks only: the reference, the blank release and the catalogue's wrong answers).
+PLAIN_NBGRADER = ("\n# coursegrader bench: the plain baseline grades as nbgrader ships.\n"
+                  "from coursegrader.safety import as_nbgrader_ships\nas_nbgrader_ships(c)\n")
+
+
 def build_class(course: Course, aids: list[str], students: int, dest: Path) -> dict[str, dict[str, list[str]]]:
     """The synthetic class in dest/base: per assignment, variant -> the ids of the students who hand it in."""
     base = make_scratch_course(course, dest / "base", aids)
     shutil.copy2(course.root / COURSE_FILE, base / COURSE_FILE)
-    grader = Grader(course, base, sandbox=False, warn=False)  # nothing is executed: only releases are generated
+    grader = Grader(course, base, sandbox=False)  # nothing is executed: only releases are generated
     copies: dict[str, dict[str, list[str]]] = {}
     for aid in aids:
         grader.generate(aid)
@@ -83,6 +89,8 @@ def build_class(course: Course, aids: list[str], students: int, dest: Path) -> d
             copies[aid][sub.student].append(student)
     for run in RUNS:
         shutil.copytree(base, dest / run)
+    with (dest / "plain" / CONFIG_FILE).open("a") as config:  # the baseline: nbgrader as it ships, said explicitly
+        config.write(PLAIN_NBGRADER)
     return copies
 
 

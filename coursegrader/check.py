@@ -83,6 +83,7 @@ def run(course: Course, aids: list[str], exact: bool = False, jobs: int | None =
     Assignments never share a gradebook, so parallel grading cannot mix their grades; the longest
     (largest time budget) start first so that the last one to finish is a short one.
     """
+    Grader(course, course.root, sandbox=sandbox).ensure_safe()  # before anything runs
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(aids)))
     plans = {aid: sampleclass.plan(course, aid, exact) for aid in aids}
     with tempfile.TemporaryDirectory(prefix="check-") as tmp:

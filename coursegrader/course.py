@@ -89,3 +89,12 @@ class Course:
             raise CourseError(f"{self.root / CONFIG_FILE}: cannot load it ({exc})") from None
         config.CourseDirectory.root = str(root or self.root)
         return config
+
+
+def budget_seconds(root: str | Path, aid: str) -> float | None:
+    """The time budget course.toml gives `aid` in the course at `root`, or None (no course.toml, or no entry)."""
+    try:
+        assignment = Course.load(Path(root)).declared.get(aid)
+    except CourseError:
+        return None
+    return assignment.budget_seconds if assignment else None

@@ -8,36 +8,48 @@ behaviour for honest notebooks (same cells, same order, same outputs, so the sam
 - **a dead or stuck kernel costs the cell that caused it**: the cell gets an error output saying what
   happened, and the notebook is run again from the top in a fresh kernel without that cell, so every
   other cell is graded on its merits (at most `max_restarts` times; then the rest is marked not run);
-- **a time limit for the whole notebook** (`notebook_timeout`): cells after it are marked not run;
+- **a time limit for the whole notebook**: `budget_factor` times the assignment's budget in course.toml
+  (or `notebook_timeout` seconds when set); no cell may run past it, and cells after it are marked not run;
 - **proof that each graded test cell ran, untampered** (see integrity.py): a test cell that did not run,
   was rewritten, or ran after the student patched what tests rely on gets an `IntegrityError` output,
   so nbgrader gives it 0 points like any failed test;
-- **outputs capped in bytes** while they arrive, so a 30 MB print reaches neither the autograded
-  notebook nor the feedback; errors and results are kept (they are what the grade is made of).
+- **outputs capped in bytes** while they arrive, per cell and per notebook, so a 30 MB print (or a hundred
+  cells of 2 MB) reaches neither the autograded notebook nor the feedback, and a grading worker's memory
+  stays bounded; errors and results are kept, shortened (they are what the grade is made of);
+- **every kernel in a KernelBox** (sandbox.py): in bubblewrap, or, with the explicit opt-out `sandbox =
+  False`, without it but still with a scratch HOME, TMPDIR and working folder of its own.
 
-Findings are written next to the autograded notebook as `<notebook>.integrity.json`.
+Findings are written next to the autograded notebook as `<notebook>.integrity.json`: kind "tamper" (the
+tests may have been fooled), "failure" (the code stopped the kernel or ran out of time) or "note" (graded
+as usual, but a TA may want to know: outputs that were not kept).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 from pathlib import Path
 from queue import Empty
 
+from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_core.utils import ensure_async, run_sync
 from nbclient.util import run_hook
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
+from nbgrader.coursedir import CourseDirectory
 from nbgrader.preprocessors import Execute
-from traitlets import Dict, Enum, Integer
+from traitlets import Bool, Dict, Enum, Float, Integer
 
 from . import integrity
+from .course import budget_seconds
 from .notebooks import is_test
+from .sandbox import KERNEL_NAME, KernelBox
 
 INTEGRITY_SUFFIX = ".integrity.json"
+MAX_TRACEBACK_LINES = 40  # of an error's traceback, the last lines are kept (a deep recursion has thousands)
 
 
 class KernelStopped(Exception):
@@ -115,10 +127,17 @@ async def connected(kc, timeout: float) -> None:
 class GuardedExecute(SlicedPolling, Execute):
     """Execute with restarts after kernel deaths, a notebook time limit, tamper checks and output caps."""
 
-    notebook_timeout = Integer(900, help="seconds for the whole notebook, restarts included").tag(config=True)
+    sandbox = Bool(True, help="start every kernel in bubblewrap; False is the opt-out for trusted notebooks on a "
+                              "machine without it: student code then runs with your permissions").tag(config=True)
+    budget_factor = Float(5.0, help="the notebook's time limit, as a multiple of its assignment's budget_seconds "
+                                    "in course.toml").tag(config=True)
+    notebook_timeout = Integer(0, help="seconds for the whole notebook, restarts included; 0: budget_factor times "
+                                       "the budget (900 s for an assignment course.toml does not list)").tag(config=True)
     max_restarts = Integer(3, help="fresh kernels after deaths or hangs before the rest is not run").tag(config=True)
     max_stream_bytes = Integer(100_000, help="printed text kept per cell").tag(config=True)
     max_output_bytes = Integer(2_000_000, help="outputs kept per cell (figures included)").tag(config=True)
+    max_notebook_output_bytes = Integer(10_000_000, help="outputs kept per notebook; past it, only errors and "
+                                                         "results, shortened").tag(config=True)
     max_message_chars = Integer(10_000, help="characters kept of an error message or a result").tag(config=True)
     probe_timeout = Integer(30, help="seconds the kernel has to answer an integrity probe").tag(config=True)
     # Once the last cell has run, nothing the kernel does matters: kill it instead of asking it to stop
@@ -126,16 +145,56 @@ class GuardedExecute(SlicedPolling, Execute):
     shutdown_kernel = Enum(["graceful", "immediate"], default_value="immediate").tag(config=True)
     settle_iopub = False  # see SlicedPolling
     bindings = Dict(help="name -> [module, attribute]: what the course's imports bind (integrity.import_bindings); "
-                         "set per assignment by the grader").tag(config=True)
+                         "default: read from the notebook's source in the course").tag(config=True)
 
     # --- the notebook: run, and run again without a cell that stopped the kernel -----------------
     def preprocess(self, nb: NotebookNode, resources: dict, km=None) -> tuple[NotebookNode, dict]:
+        folder = resources.get("metadata", {}).get("path") or os.getcwd()
+        with KernelBox(folder, sandbox=self.sandbox) as self.box:
+            if not self.sandbox:
+                self.log.warning("grading WITHOUT the sandbox (GuardedExecute.sandbox = False): student code runs "
+                                 "with your permissions")
+            return self._preprocess(nb, resources, km)
+
+    def time_limit(self, resources: dict) -> float:
+        """Seconds for the whole notebook: notebook_timeout if set, else budget_factor x the assignment's budget."""
+        if self.notebook_timeout:
+            return float(self.notebook_timeout)
+        budget = budget_seconds(CourseDirectory(config=self.config).root, resources.get("nbgrader", {}).get("assignment", ""))
+        return self.budget_factor * budget if budget else 900.0
+
+    def course_bindings(self, resources: dict) -> dict:
+        """The configured bindings, else what the imports of the notebook's source (given cells and tests) bind."""
+        if self.bindings:
+            return self.bindings
+        ids = resources.get("nbgrader", {})
+        coursedir = CourseDirectory(config=self.config)
+        source = Path(coursedir.format_path(coursedir.source_directory, ".", ids.get("assignment", "")),
+                      f"{ids.get('notebook', '')}.ipynb")
+        return integrity.source_bindings(str(source), source.stat().st_mtime_ns) if source.is_file() else {}
+
+    def create_kernel_manager(self):
+        """A kernel manager that starts the kernel through this notebook's KernelBox, over IPC (a sandboxed kernel
+        shares no loopback with the grader), with its connection file in a fresh folder."""
+        self.kernel_name = KERNEL_NAME
+        self.km = self.kernel_manager_class(kernel_name=KERNEL_NAME, config=self.config,
+                                            kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(self.box.kernels)]))
+        self.km.transport = "ipc"
+        self.km.connection_file = self.box.connection_file()
+        return self.km
+
+    def _preprocess(self, nb: NotebookNode, resources: dict, km=None) -> tuple[NotebookNode, dict]:
         pristine = copy.deepcopy(nb)
         self.stopped: dict[int, NotebookNode] = {}  # cell index -> the error output it gets instead of running
         self.findings: list[dict] = []
         self._cell_bytes, self._truncated = 0, False
-        self.deadline = time.monotonic() + self.notebook_timeout
+        self.limit = self.time_limit(resources)
+        self.course_imports = self.course_bindings(resources)
+        self.deadline = time.monotonic() + self.limit
+        self.cell_timeout = self.timeout  # as configured; each cell gets at most what is left of the limit
+        self._dropped_note = False
         while True:
+            self._notebook_bytes, self._notebook_full = 0, False
             self.current: int | None = None
             self.baseline: integrity.Probe | None = None
             self.baseline_problem = ""  # why the first probe failed: then no test cell can be trusted
@@ -187,6 +246,9 @@ class GuardedExecute(SlicedPolling, Execute):
 
     def _why_stopped(self, exc: Exception) -> str:
         code = self.exit_code
+        if time.monotonic() >= self.deadline - 1:
+            return (f"the notebook reached its time limit ({self.limit:g} s) in this cell and the kernel did not "
+                    "stop when interrupted")
         if isinstance(exc, CellTimeoutError) or "timed out" in str(exc).lower() or "timeout" in str(exc).lower():
             return (f"this cell did not finish within {self.timeout} s and the kernel did not stop when "
                     "interrupted; the notebook was graded again without it")
@@ -216,13 +278,14 @@ class GuardedExecute(SlicedPolling, Execute):
         if time.monotonic() > self.deadline:
             if cell.source.strip():
                 cell.outputs = [error_output("NotRun", "not run: the notebook used up its time limit "
-                                             f"({self.notebook_timeout} s) or stopped the kernel too often")]
+                                             f"({self.limit:g} s) or stopped the kernel too often")]
                 if is_test(cell):
                     self._record(cell, index, "not run (time limit or repeated kernel deaths)", kind="failure")
             return cell, resources
         self.current = index
         self._cell_bytes = 0
         self._truncated = False
+        self.timeout = max(1, min(self.cell_timeout, math.ceil(self.deadline - time.monotonic())))
         if is_test(cell) and cell.source.strip():
             # Checked before (a patch that undoes itself inside the test) and after (one the test triggers).
             before = handed_on or self._probe_or_flag(cell, index)
@@ -250,7 +313,7 @@ class GuardedExecute(SlicedPolling, Execute):
         after a cell that raised no error), and then the caller sends the probe on its own."""
         self.returned = None
         if index in self.carriers:
-            self.attached = integrity.probe_expression(self.watched, False, self.bindings, [])
+            self.attached = integrity.probe_expression(self.watched, False, self.course_imports, [])
         try:
             return super().preprocess_cell(cell, resources, index)
         finally:
@@ -291,7 +354,7 @@ class GuardedExecute(SlicedPolling, Execute):
     async def _async_probe(self, import_them: bool = False, timeout: int | None = None,
                            detail: list[str] | None = ()) -> integrity.Probe:
         """Evaluate the probe in the kernel. `detail`: modules to list in full (() none, None all)."""
-        expression = integrity.probe_expression(self.watched, import_them, self.bindings,
+        expression = integrity.probe_expression(self.watched, import_them, self.course_imports,
                                                 None if import_them else list(detail))
         msg_id = self.kc.execute("", silent=True, store_history=False, user_expressions={"probe": expression})
         deadline = time.monotonic() + (timeout or self.probe_timeout)
@@ -344,29 +407,48 @@ class GuardedExecute(SlicedPolling, Execute):
     # --- outputs ------------------------------------------------------------------------------------
     def output(self, outs, msg, display_id, cell_index):
         """Drop output beyond the caps as it arrives; errors and results always pass (they carry the grade)."""
+        content = msg["content"]
+        size = len(content.get("text", "")) + sum(len(str(v)) for v in content.get("data", {}).values())
         if msg["msg_type"] in ("stream", "display_data", "update_display_data"):
-            content = msg["content"]
-            size = len(content.get("text", "")) + sum(len(str(v)) for v in content.get("data", {}).values())
             cap = self.max_stream_bytes if msg["msg_type"] == "stream" else self.max_output_bytes
-            if self._cell_bytes + size > cap:
+            over_cell = self._cell_bytes + size > cap
+            over_notebook = self._notebook_bytes + size > self.max_notebook_output_bytes
+            if over_cell or over_notebook:
+                if over_notebook and not self._notebook_full:
+                    self._notebook_full = True
+                    self._note_dropped()
                 if not self._truncated:
                     self._truncated = True
-                    note = {"name": "stdout", "text": f"\n[output truncated: this cell printed more than "
-                                                      f"{cap:,} bytes; the rest was not kept]\n"}
+                    text = (f"this cell printed more than {cap:,} bytes" if over_cell else
+                            f"this notebook's outputs passed {self.max_notebook_output_bytes:,} bytes")
+                    note = {"name": "stdout", "text": f"\n[output truncated: {text}; the rest was not kept]\n"}
                     # nbclient reads the type from the header: the note must be a stream there too
                     stream = {**msg, "header": {**msg["header"], "msg_type": "stream"}, "msg_type": "stream",
                               "content": note}
                     return super().output(outs, stream, None, cell_index)
                 return None
             self._cell_bytes += size
+        self._notebook_bytes += size + len(str(content.get("traceback", "")))
         return super().output(outs, msg, display_id, cell_index)
 
+    def _note_dropped(self) -> None:
+        """Once per notebook: a note in the student's row that outputs were not kept from this cell on."""
+        if not self._dropped_note:
+            self._dropped_note = True
+            cell = self.nb.cells[self.current]
+            self._record(cell, self.current, f"outputs past {self.max_notebook_output_bytes / 1e6:g} MB per notebook "
+                                             "were not kept, from this cell on", kind="note")
+
     def _shorten(self, cell: NotebookNode) -> None:
-        n = self.max_message_chars
+        """Errors and results are kept, cut to max_message_chars (to a tenth of it, and the traceback to its last
+        line, once the notebook's outputs are over their cap)."""
+        n = self.max_message_chars // 10 if self._notebook_full else self.max_message_chars
         for out in cell.outputs:
-            if out.get("output_type") == "error" and len(out.get("evalue", "")) > n:
-                out.evalue = out.evalue[:n] + " ... [truncated]"
-                out.traceback = [line[:n] for line in out.traceback]
+            if out.get("output_type") == "error":
+                if len(out.get("evalue", "")) > n:
+                    out.evalue = out.evalue[:n] + " ... [truncated]"
+                keep = out.traceback[-1:] if self._notebook_full else out.traceback[-MAX_TRACEBACK_LINES:]
+                out.traceback = [line[:n] for line in keep]
             if out.get("output_type") == "execute_result":
                 for key, value in out.get("data", {}).items():
                     if isinstance(value, str) and len(value) > n:

@@ -19,19 +19,15 @@ from pathlib import Path
 
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.apps import NbGraderAPI
-from nbgrader.converters import Autograde
 from nbgrader.coursedir import CourseDirectory
 from nbgrader.plugins import CsvExportPlugin
-from nbgrader.preprocessors import Execute
 from sqlalchemy.exc import SAWarning, SQLAlchemyError
 
 from .course import CONFIG_FILE, Course
 from .errors import CourseError
-from .execution import GuardedExecute, read_findings
+from .execution import read_findings
 from .gradebook import Locks, describe, queue_sqlite_writers
-from .integrity import import_bindings
-from .notebooks import is_solution, read_notebook
-from .sandbox import Sandbox, unavailable_reason
+from .safety import refusal
 
 
 @dataclass
@@ -110,30 +106,16 @@ def use_this_environment() -> None:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
-_warned: set[str] = set()
-
-
-def warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        print(f"coursegrader: warning: {message}", file=sys.stderr)
-
-
-def guarded(config) -> None:
-    """Autograde with GuardedExecute in place of nbgrader's Execute (see execution.py)."""
-    default = Autograde.class_traits()["autograde_preprocessors"].make_dynamic_default()
-    config.Autograde.autograde_preprocessors = [GuardedExecute if p is Execute else p for p in default]
-
-
 class Grader:
     """nbgrader's API on one course root (the real course, or a scratch copy of it).
 
-    Autograding always runs through GuardedExecute, and in a bubblewrap sandbox unless `sandbox` is
-    False or the machine cannot provide one; either way without a sandbox, one warning line says so.
+    Autograding runs as the course's nbgrader_config.py sets it up (see safety.py): through GuardedExecute,
+    every kernel in a bubblewrap sandbox. `sandbox=False` is the explicit opt-out for trusted notebooks (the
+    kernels still get a scratch HOME, TMPDIR and folder of their own). `ensure_safe` raises CourseError with
+    the reason when it could not grade safely; every run calls it before grading anyone.
     """
 
-    def __init__(self, course: Course, root: Path, sandbox: bool = True, db_url: str | None = None,
-                 warn: bool = True):
+    def __init__(self, course: Course, root: Path, sandbox: bool = True, db_url: str | None = None):
         use_this_environment()
         queue_sqlite_writers()
         self.course = course
@@ -141,30 +123,18 @@ class Grader:
         self.config = course.nbgrader_config(root)
         if db_url:
             self.config.CourseDirectory.db_url = db_url
-        guarded(self.config)
-        self.sandbox: Sandbox | None = None
-        reason = unavailable_reason() if sandbox else "--no-sandbox"
-        if reason:
-            if warn:  # parallel workers leave the warning to the process that started them
-                warn_once(f"grading WITHOUT a sandbox ({reason}): student code runs with your permissions")
-        else:
-            self._sandbox_dir = tempfile.TemporaryDirectory(prefix="coursegrader-sandbox-")
-            autograded = Path(root) / CourseDirectory(config=self.config).autograded_directory
-            self.sandbox = Sandbox(Path(self._sandbox_dir.name), autograded=autograded)
-            self.sandbox.configure(self.config)
+        self.sandboxed = sandbox
+        if not sandbox:
+            self.config.GuardedExecute.sandbox = False
         self.coursedir = CourseDirectory(config=self.config)
         self.api = NbGraderAPI(coursedir=self.coursedir, config=self.config)
         self.locks = Locks(self.db_url)
-        self._bindings: dict[str, dict] = {}
 
-    @contextmanager
-    def _grading(self) -> Iterator[None]:
-        with kernel_noise_silenced():
-            if self.sandbox is None:
-                yield
-            else:
-                with self.sandbox.active(self.config):
-                    yield
+    def ensure_safe(self) -> None:
+        """Raise CourseError, saying why and what to do, unless autograding here is safe (see safety.py)."""
+        problem = refusal(self.config)
+        if problem:
+            raise CourseError(problem)
 
     @property
     def db_url(self) -> str:
@@ -203,19 +173,18 @@ class Grader:
             raise CourseError(f"cannot use the gradebook {describe(self.db_url)}: {first}") from None
 
     def autograde(self, aid: str, student: str) -> GradeResult:
-        if aid not in self._bindings:  # what the course's imports bind, from the source: the student cannot change it
-            cells = read_notebook(self.course.source_notebook(aid)).cells
-            self._bindings[aid] = import_bindings([c.source for c in cells if c.cell_type == "code" and not is_solution(c)])
-        self.config.GuardedExecute.bindings = self._bindings[aid]
+        self.ensure_safe()
         start = time.perf_counter()
-        with self._grading():
+        with kernel_noise_silenced():
             result = self.api.autograde(aid, student, force=True, create=True)
         seconds = time.perf_counter() - start
         if not result["success"]:
             return GradeResult(student, aid, seconds, error=last_error_line(result.get("log", "")))
         folder = Path(self.root) / self.coursedir.autograded_directory / student / aid
         findings = [f for nb in sorted(folder.glob("*.ipynb")) for f in read_findings(nb)]
-        return GradeResult(student, aid, seconds, cells=self.scores(aid, student), findings=findings)
+        notes = [f"{f['cell']}: {f['finding']}" for f in findings if f["kind"] == "note"]
+        return GradeResult(student, aid, seconds, cells=self.scores(aid, student), notes=notes,
+                           findings=[f for f in findings if f["kind"] != "note"])
 
     def record_ungraded(self, aid: str, student: str) -> None:
         """Give a submission that cannot be graded a row of zeros in the gradebook, as nbgrader does for a

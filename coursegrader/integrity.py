@@ -26,8 +26,11 @@ import marshal
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.util import MAGIC_NUMBER
+from pathlib import Path
 
 from IPython.core.inputtransformer2 import TransformerManager
+
+from .notebooks import is_solution, read_notebook
 
 # Modules the tests rely on. A package is watched only if the notebook imports it, and then from the
 # start: the baseline probe imports it before the first cell runs, so a later patch cannot become the baseline.
@@ -192,6 +195,14 @@ def watched_modules(sources: list[str]) -> list[str]:
     """The WATCHED modules of the packages the notebook's code imports (builtins always)."""
     used = {module.split(".")[0] for module, _ in import_bindings(sources).values()} | {"builtins"}
     return [m for pkg, mods in WATCHED.items() if pkg in used for m in mods]
+
+
+@lru_cache(maxsize=32)
+def source_bindings(path: str, mtime_ns: int) -> dict[str, list]:
+    """import_bindings of a source notebook's own code (every code cell that is not a solution), by path; the
+    student cannot change it. Cached per path and modification time."""
+    cells = read_notebook(Path(path)).cells
+    return import_bindings([c.source for c in cells if c.cell_type == "code" and not is_solution(c)])
 
 
 def import_bindings(sources: list[str]) -> dict[str, list]:

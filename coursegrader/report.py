@@ -18,6 +18,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import table
 from .course import Course
 from .errors import CourseError
 from .notebooks import EXERCISE_HEADING, read_notebook
@@ -108,7 +109,7 @@ def build(course: Course, aid: str, db_url: str | None = None, root: Path | None
                  for nb in assignment.notebooks for c in nb.grade_cells}
         report = Report(aid, float(assignment.max_score))
         for sub in sorted(assignment.submissions, key=lambda s: s.student.id):
-            row = rows.get(sub.student.id, {})
+            row = rows.get(table.printable(sub.student.id), {})
             graded = row.get("graded", "yes") == "yes"
             report.students.append(StudentRow(
                 sub.student.id, float(sub.score), float(sub.max_score), graded, row.get("reason", ""),
@@ -132,7 +133,8 @@ def _last_autograde(root: Path, aid: str) -> dict[str, dict]:
     for path in [folder / "grades.csv", *sorted(folder.glob("shard-*/grades.csv"))]:
         if path.is_file():
             with path.open(newline="") as f:
-                found.update({row["student"]: row for row in csv.DictReader(f)})
+                for row in csv.DictReader(f):
+                    found[table.uncell(row["student"])] = {k: table.uncell(v) for k, v in row.items()}
     return found
 
 
@@ -202,11 +204,11 @@ def save(report: Report, folder: Path) -> list[Path]:
     with cells.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["cell", "exercise", "points", "graded", "failed", "failure_rate", "mean_points"])
-        out.writerows([c.cell, c.exercise, f"{c.points:g}", c.graded, c.failed, f"{c.failure_rate:.3f}", f"{c.mean:.3f}"]
-                      for c in report.cells)
+        out.writerows(table.row([c.cell, c.exercise, f"{c.points:g}", c.graded, c.failed, f"{c.failure_rate:.3f}",
+                                 f"{c.mean:.3f}"]) for c in report.cells)
     with students.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["student", "score", "max_score", "graded", "reason", "integrity_findings", "seconds"])
-        out.writerows([s.student, f"{s.score:g}", f"{s.max_score:g}", "yes" if s.graded else "no", s.reason, s.findings,
-                       "" if s.seconds is None else f"{s.seconds:.1f}"] for s in report.students)
+        out.writerows(table.row([s.student, f"{s.score:g}", f"{s.max_score:g}", "yes" if s.graded else "no", s.reason,
+                                 s.findings, "" if s.seconds is None else f"{s.seconds:.1f}"]) for s in report.students)
     return [page, cells, students]

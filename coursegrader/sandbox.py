@@ -32,8 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +41,9 @@ GiB, MiB = 1024**3, 1024**2
 # local admins). Each grader claims one for its lifetime (a lock file), so that the process limit counts
 # only its own kernel and killing that uid's leftovers never touches another grader's kernel.
 SANDBOX_UIDS = range(64900, 65000)
+
+# The bubblewrap command: a site that keeps it elsewhere says where (the tests name one that is not there).
+BWRAP = os.environ.get("COURSEGRADER_BWRAP", "bwrap")
 
 # /etc entries a Python kernel with numpy, torch and matplotlib reads; nothing else of /etc is visible.
 ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "fonts", "passwd", "group", "nsswitch.conf",
@@ -66,7 +67,7 @@ def unavailable_reason() -> str:
     """Why grading kernels cannot be sandboxed on this machine, or '' if they can."""
     if not sys.platform.startswith("linux"):
         return f"bubblewrap needs Linux (this is {sys.platform})"
-    bwrap = shutil.which("bwrap")
+    bwrap = shutil.which(BWRAP)
     if bwrap is None:
         return "bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
     probe = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *_namespaces(), "--", "/bin/true"]
@@ -88,7 +89,8 @@ def _namespaces() -> list[str]:
 
 def claim_uid() -> tuple[int, object]:
     """A sandbox uid no other grader on this machine holds, and the open lock file that holds it."""
-    folder = Path(tempfile.gettempdir()) / "coursegrader-uids"
+    # One folder for the whole machine (never TMPDIR, which differs between graders): /run, where root keeps locks.
+    folder = Path("/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()) / "coursegrader-uids"
     folder.mkdir(mode=0o700, exist_ok=True)
     for uid in SANDBOX_UIDS:
         lock = open(folder / str(uid), "w")
@@ -100,49 +102,53 @@ def claim_uid() -> tuple[int, object]:
     raise RuntimeError(f"all {len(SANDBOX_UIDS)} sandbox uids are held by running graders")
 
 
-class Sandbox:
-    """The kernel spec for sandboxed grading, written into a private folder, and how to make Jupyter use it."""
+class KernelBox:
+    """Where one notebook's kernels start: a private folder holding the kernel spec (whose command is this
+    module's launcher), a runtime folder with a fresh subfolder per kernel (connection file, IPC sockets),
+    and, when the grader is root, a sandbox uid claimed for as long as the box is open.
 
-    def __init__(self, workdir: Path, autograded: Path, limits: Limits = Limits()):
-        self.workdir = workdir
+    `sandbox=False` is the explicit opt-out for trusted notebooks on a machine without bubblewrap: the same
+    launcher then starts the kernel without bwrap, but still with a scratch HOME, TMPDIR and working folder
+    of its own, the cleared environment, the limits and (as root) the unprivileged uid.
+    """
+
+    def __init__(self, cwd: str, sandbox: bool = True, limits: Limits = Limits()):
+        self.sandbox = sandbox
+        # Short names: the kernel's IPC sockets live here, and a UNIX socket's path has at most 107 bytes.
+        parent = tempfile.gettempdir()
+        self._folder = tempfile.TemporaryDirectory(prefix="cgk-", dir=parent if len(parent) <= 56 else "/tmp")
+        self.workdir = Path(self._folder.name)
         self.uid, self._claim = claim_uid() if os.geteuid() == 0 else (os.getuid(), None)
-        uid = self.uid
-        self.runtime = workdir / "runtime"  # one fresh folder per student inside: connection file, IPC sockets
-        self.runtime.mkdir(parents=True, exist_ok=True)
-        spec_dir = workdir / "share" / "jupyter" / "kernels" / KERNEL_NAME
-        spec_dir.mkdir(parents=True, exist_ok=True)
+        self.runtime = self.workdir / "run"
+        self.runtime.mkdir()
+        if self._claim is not None:  # the kernel's uid must reach its runtime folder (without bwrap's mounts too)
+            for folder in (self.workdir, self.runtime):
+                os.chmod(folder, 0o711)
+        self.kernels = self.workdir / "kernels"
+        spec_dir = self.kernels / KERNEL_NAME
+        spec_dir.mkdir(parents=True)
         argv = [sys.executable, "-I", "-m", "coursegrader.sandbox", "--limits", json.dumps(asdict(limits)),
-                "--uid", str(uid), "--runtime", str(self.runtime), "--autograded", str(autograded),
-                "{connection_file}"]
-        spec = {"argv": argv, "display_name": "Python 3 (sandboxed grading)", "language": "python",
+                "--uid", str(self.uid), "--runtime", str(self.runtime), "--cwd", os.path.realpath(cwd),
+                *([] if sandbox else ["--no-bwrap"]), "{connection_file}"]
+        spec = {"argv": argv, "display_name": "Python 3 (grading)", "language": "python",
                 "interrupt_mode": "message", "metadata": {"debugger": False}}
         (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
 
-    def configure(self, config) -> None:
-        """Point nbgrader's Execute at the sandboxed kernel, over IPC (the sandbox has no shared loopback)."""
-        config.Execute.kernel_name = KERNEL_NAME
-        config.KernelManager.transport = "ipc"  # the connection file's folder is set per student by active()
+    def connection_file(self) -> str:
+        """A connection file in a fresh folder, for the next kernel (its IPC sockets go beside it)."""
+        return os.path.join(tempfile.mkdtemp(prefix="k-", dir=self.runtime), "kernel.json")
 
-    @contextmanager
-    def active(self, config) -> Iterator[None]:
-        """While grading one student: Jupyter finds the kernel spec here, and the kernels' connection file and
-        sockets go to a fresh folder that is deleted afterwards, so nothing one student's kernel leaves
-        there reaches the next student."""
-        saved = {k: os.environ.get(k) for k in ("JUPYTER_PATH", "JUPYTER_RUNTIME_DIR")}
-        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(self.workdir / "share" / "jupyter"),
-                                                                   saved["JUPYTER_PATH"]]))
-        runtime = tempfile.mkdtemp(prefix="student-", dir=self.runtime)
-        os.environ["JUPYTER_RUNTIME_DIR"] = runtime
-        config.KernelManager.connection_file = os.path.join(runtime, "kernel.json")  # IPC sockets: kernel-ipc-*
-        try:
-            yield
-        finally:
-            shutil.rmtree(runtime, ignore_errors=True)  # removes links, never follows them
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+    def close(self) -> None:
+        self._folder.cleanup()  # removes links, never follows them
+        if self._claim is not None:
+            self._claim.close()
+            self._claim = None
+
+    def __enter__(self) -> KernelBox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # --- the launcher: runs outside the sandbox, once per kernel, and execs bwrap ------------------------
@@ -174,27 +180,36 @@ def _with_parents(binds: list[tuple[str, str, str]]) -> list[str]:
     return args
 
 
+def kernel_environment(scratch: str) -> dict[str, str]:
+    """What the kernel's environment holds: the allow-list, and HOME and TMPDIR in its scratch folder."""
+    env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
+    env.update(HOME=scratch, TMPDIR=scratch, MPLCONFIGDIR=os.path.join(scratch, "matplotlib"),
+               PATH=os.pathsep.join([os.path.join(sys.prefix, "bin"), "/usr/bin", "/bin"]))
+    env.setdefault("LANG", "C.UTF-8")
+    return env
+
+
+def drop_to(uid: int | None, kernel: list[str]) -> list[str]:
+    """As root, the kernel command run as `uid` (no groups, no new privileges); else the command itself."""
+    if uid is None:
+        return kernel
+    setpriv = shutil.which("setpriv", path="/usr/bin:/bin") or "setpriv"
+    return [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", *kernel]
+
+
 def bwrap_command(kernel: list[str], connection_file: str, cwd: str, work: str, scratch: str,
                   uid: int | None) -> list[str]:
     """The full command line: bwrap, its mounts and namespaces, then (as root) setpriv to `uid`, then the kernel.
     `work`, a copy of `cwd`, is mounted at `cwd`."""
     pythons = sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), sys.prefix})
     runtime = os.path.dirname(os.path.abspath(connection_file))
-    env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
-    env.update(HOME=scratch, TMPDIR=scratch, MPLCONFIGDIR=os.path.join(scratch, "matplotlib"),
-               PATH=os.pathsep.join([os.path.join(sys.prefix, "bin"), "/usr/bin", "/bin"]))
-    env.setdefault("LANG", "C.UTF-8")
-    cmd = ["bwrap", *_system_binds(), "--perms", "1777", "--size", str(64 * MiB), "--tmpfs", "/tmp",
+    cmd = [shutil.which(BWRAP) or BWRAP, *_system_binds(), "--perms", "1777", "--size", str(64 * MiB), "--tmpfs", "/tmp",
            *_with_parents([("--ro-bind", p, p) for p in pythons] + [("--bind", runtime, runtime), ("--bind", work, cwd)]),
            "--dev", "/dev", "--proc", "/proc",
            *_namespaces(), "--die-with-parent", "--new-session", "--chdir", cwd, "--clearenv"]
-    for key, value in env.items():
+    for key, value in kernel_environment(scratch).items():
         cmd += ["--setenv", key, value]
-    if uid is not None:
-        cmd += ["--", "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", *kernel]
-    else:
-        cmd += ["--", *kernel]
-    return cmd
+    return [*cmd, "--", *drop_to(uid, kernel)]
 
 
 def _give_to(uid: int, *paths: str) -> None:
@@ -244,22 +259,22 @@ def _clear(uid: int | None, wait: float = 10.0) -> None:
 
 
 def launch(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m coursegrader.sandbox", description="start a kernel under bwrap")
+    p = argparse.ArgumentParser(prog="python -m coursegrader.sandbox", description="start a grading kernel")
     p.add_argument("--limits", required=True, help="JSON of Limits")
     p.add_argument("--uid", type=int, required=True, help="uid the kernel runs as when the grader is root")
-    p.add_argument("--runtime", required=True, help="the grader's folder of per-student runtime folders")
-    p.add_argument("--autograded", required=True, help="the kernel's working folder must be inside this one")
+    p.add_argument("--runtime", required=True, help="the box's folder of per-kernel runtime folders")
+    p.add_argument("--cwd", required=True, help="the notebook's folder: the kernel must be started there")
+    p.add_argument("--no-bwrap", action="store_true", help="the opt-out: no bubblewrap, everything else kept")
     p.add_argument("connection_file")
     args, extra = p.parse_known_args(argv)
     limits = Limits(**json.loads(args.limits))
     cwd = os.path.realpath(os.getcwd())
     runtime = os.path.dirname(os.path.abspath(args.connection_file))
-    # Folders here change owner: refuse anything but the grader's own.
+    # Folders here change owner: refuse anything but the box's own.
     if os.path.islink(runtime) or os.path.dirname(runtime) != os.path.realpath(args.runtime):
         sys.exit(f"coursegrader.sandbox: connection file {args.connection_file} is not in a folder of {args.runtime}")
-    autograded = os.path.realpath(args.autograded)
-    if not Path(cwd).is_relative_to(autograded) or cwd == autograded:
-        sys.exit(f"coursegrader.sandbox: will not run a kernel in {cwd} (not inside {autograded})")
+    if cwd != os.path.realpath(args.cwd):
+        sys.exit(f"coursegrader.sandbox: will not run a kernel in {cwd} (the notebook's folder is {args.cwd})")
     uid = args.uid if os.geteuid() == 0 else None
     _clear(uid)
     # Fresh folders for this kernel only (random names: nothing can be planted in advance).
@@ -277,11 +292,17 @@ def launch(argv: list[str]) -> None:
     else:
         limits = Limits(limits.memory_bytes, limits.processes + _tasks_of(os.getuid()), limits.file_bytes,
                         limits.open_files)
-    kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", args.connection_file, *extra]
+    # -P: the kernel's folder is never on its import path, so a file handed in beside the notebook
+    # (ipykernel_launcher.py, numpy.py) cannot stand in for a module the kernel or the notebook imports.
+    kernel = [sys.executable, "-P", "-m", "ipykernel_launcher", "-f", args.connection_file, *extra]
     _apply(limits)
-    cmd = bwrap_command(kernel, args.connection_file, cwd, work, scratch, uid)
     null = os.open(os.devnull, os.O_WRONLY)  # ipykernel prints a connection banner to stdout: not for the TA
     os.dup2(null, 1)
+    if args.no_bwrap:  # the opt-out: the kernel works in its copy, with its own HOME and TMPDIR
+        os.chdir(work)  # (jupyter_client has already given the launcher a session of its own)
+        cmd = drop_to(uid, kernel)
+        os.execve(cmd[0], cmd, kernel_environment(scratch))
+    cmd = bwrap_command(kernel, args.connection_file, cwd, work, scratch, uid)
     os.execvp(cmd[0], cmd)
 
 

@@ -13,15 +13,19 @@ import time
 from pathlib import Path
 
 from jupyter_client import KernelManager
-from traitlets.config import Config
+from jupyter_client.kernelspec import KernelSpecManager
 
 from .grading import kernel_noise_silenced, use_this_environment
-from .sandbox import KERNEL_NAME, Limits, Sandbox, unavailable_reason
+from .sandbox import KERNEL_NAME, KernelBox, Limits, unavailable_reason
 
 
-def _start_seconds(config: Config, kernel: str, cwd: Path) -> float:
+def _start_seconds(kernel: str, cwd: Path, box: KernelBox | None = None) -> float:
     start = time.perf_counter()
-    km = KernelManager(kernel_name=kernel, config=config)
+    if box is None:
+        km = KernelManager(kernel_name=kernel)
+    else:
+        km = KernelManager(kernel_name=kernel, transport="ipc", connection_file=box.connection_file(),
+                           kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(box.kernels)]))
     km.start_kernel(cwd=str(cwd))
     kc = km.client()
     kc.start_channels()
@@ -39,22 +43,18 @@ def measure(repeats: int = 5) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="sandbox-cost-") as tmp:
         work = Path(tmp) / "autograded" / "student"
         work.mkdir(parents=True)
-        sandbox = Sandbox(Path(tmp) / "sandbox", autograded=Path(tmp) / "autograded")
-        boxed = Config()
-        sandbox.configure(boxed)
         plain, sandboxed = [], []
-        with kernel_noise_silenced():
+        with kernel_noise_silenced(), KernelBox(str(work)) as box:
             for _ in range(repeats):
-                plain.append(_start_seconds(Config(), "python3", work))
-                with sandbox.active(boxed):
-                    sandboxed.append(_start_seconds(boxed, KERNEL_NAME, work))
+                plain.append(_start_seconds("python3", work))
+                sandboxed.append(_start_seconds(KERNEL_NAME, work, box))
     return statistics.median(plain), statistics.median(sandboxed)
 
 
 def report(repeats: int = 5) -> str:
     reason = unavailable_reason()
     if reason:
-        return f"sandbox: NOT available ({reason}); autograde would run student code unsandboxed"
+        return f"sandbox: NOT available ({reason}); autograde refuses to grade here without --no-sandbox"
     limits = Limits()
     plain, boxed = measure(repeats)
     return "\n".join([

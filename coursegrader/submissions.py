@@ -8,12 +8,15 @@ want to know about one that can (a renamed kernel, an old notebook format, extra
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
+import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CourseError
-from .notebooks import read_notebook
+from .notebooks import grade_id, read_notebook
 
 MAX_NOTEBOOK_BYTES = 20 * 1024**2  # the course's notebooks are < 1 MB; a 20 MB one is not a submission
 
@@ -28,10 +31,25 @@ class Inspection:
         return not self.problem
 
 
-def inspect(folder: Path, notebooks: list[str], shipped: set[str] = frozenset(), kernel: str = "python3") -> Inspection:
+def shadowed_module(relative: str) -> str | None:
+    """The importable module that a file handed in at `relative` (a path in the submission folder) is named
+    like, if any: numpy.py, ipykernel_launcher.py, a package folder `torch/`, an extension `_ctypes.so`."""
+    top = Path(relative).parts[0]
+    name = top.split(".")[0] if Path(relative).parts[1:] == () else top
+    if not name.isidentifier():
+        return None
+    if name in sys.builtin_module_names or name in sys.stdlib_module_names:
+        return name
+    path = [p for p in sys.path if p and Path(p).resolve() != Path.cwd().resolve()]
+    return name if importlib.machinery.PathFinder.find_spec(name, path) is not None else None
+
+
+def inspect(folder: Path, notebooks: list[str], shipped: set[str] = frozenset(), kernel: str = "python3",
+            grade_ids: frozenset[str] | None = None) -> Inspection:
     """Check the submission folder for the assignment's notebooks (names without .ipynb).
 
-    `shipped`: files the assignment itself provides (data), which are not "extra".
+    `shipped`: files the assignment itself provides (data), which are not "extra". `grade_ids`: the source
+    notebooks' grade_ids, to name cells a student copied (graded as their own code, see sanitize.py).
     """
     found = Inspection()
     links = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_symlink())
@@ -63,9 +81,22 @@ def inspect(folder: Path, notebooks: list[str], shipped: set[str] = frozenset(),
         name_in_nb = nb.metadata.get("kernelspec", {}).get("name")
         if name_in_nb and name_in_nb != kernel:
             found.notes.append(f"{name} asks for kernel '{name_in_nb}'; graded with Python like every notebook")
+        ids = Counter(filter(None, (grade_id(c) for c in nb.cells)))
+        copied = sorted(gid for gid, n in ids.items() if n > 1)
+        foreign = sorted(gid for gid in ids if grade_ids is not None and gid not in grade_ids)
+        if copied:
+            found.notes.append(f"{name} has copies of the cells {', '.join(copied)}: the last copy of each was graded, "
+                               "the others ran as the student's own code")
+        if foreign:
+            found.notes.append(f"{name} has cells that are not the assignment's ({', '.join(foreign)}): they ran "
+                               "as the student's own code")
     extra = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
                    if p.is_file() and p.name not in expected and str(p.relative_to(folder)) not in shipped
                    and ".ipynb_checkpoints" not in p.parts)
     if extra:
-        found.notes.append(f"extra files graded alongside: {', '.join(extra[:5])}" + (" ..." if len(extra) > 5 else ""))
+        found.notes.append(f"extra files graded alongside: {', '.join(extra)}")
+    shadows = [f"{path} (module {module})" for path in extra if (module := shadowed_module(path))]
+    if shadows:
+        found.notes.append(f"files named like importable modules: {', '.join(shadows)}; the kernel does not import "
+                           "them (its folder is not on its import path)")
     return found

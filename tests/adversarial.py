@@ -4,10 +4,16 @@ Each `Case` is one student: how their folder is written, and what autograde must
 notebook has two exercises: `double` (test cell `test_double`, 2 points) and `answer_quiz`
 (`test_answer_quiz`, 1 point). "Wrong" answers pass the visible tests and fail the hidden ones, so a
 cheat that disables the hidden tests would earn full marks under plain nbgrader.
+
+A case's name says what it is: `cheat-`, `plant-`, `crash-`, `shadow-` and `snoop` run hostile code and are
+graded only in the sandbox (`Case.hostile`; skipped on a machine without bubblewrap); `bad-` submissions are
+never run (not gradable); the others (`a-honest`, `odd-`, `z-honest`, a student named like a formula) hand
+in honest code.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import textwrap
@@ -36,7 +42,12 @@ class Case:
     tampered: set[str] = field(default_factory=set)  # test cells the integrity report must flag
     failed: set[str] = field(default_factory=set)  # cells the report must name as stopping the kernel
     note: str = ""  # part of a note the row must carry
-    sandbox_only: bool = False  # a bomb: never run it outside the sandbox
+    max_seconds: float | None = None  # the longest this student may hold a grading worker
+
+    @property
+    def hostile(self) -> bool:
+        """Hostile code: graded only in the sandbox, never on a machine without bubblewrap."""
+        return self.student.startswith(("cheat-", "plant-", "crash-", "shadow-", "snoop"))
 
 
 def notebook(release: Path, answers: dict[str, str], extra: list[tuple[str, str]] = (),
@@ -56,6 +67,7 @@ def notebook(release: Path, answers: dict[str, str], extra: list[tuple[str, str]
 
 
 def hand_in(answers: dict[str, str], extra: list[tuple[str, str]] = (), edit=None, files: dict[str, bytes] = None):
+    """A submission of the release with `answers`, `extra` cells (see `notebook`), an `edit` and extra `files`."""
     def write(release: Path, folder: Path) -> None:
         write_notebook(notebook(release, answers, extra, edit), folder / "toy.ipynb")
         for name, data in (files or {}).items():
@@ -88,6 +100,26 @@ def _points(gid: str, points: float):
 
 def _drop_tests(nb):
     nb.cells = [c for c in nb.cells if not (grade_id(c) or "").startswith("test_")]
+
+
+def _copied_cells(nb):
+    """What a student who copies and pastes gets: a second answer cell and a second test cell, each with the
+    same grade_id and cell id as the first, and a cell pasted from another notebook (a grade_id the assignment
+    does not have)."""
+    for gid in ("double", "test_double"):
+        at = next(i for i, c in enumerate(nb.cells) if grade_id(c) == gid)
+        nb.cells.insert(at + 1, copy.deepcopy(nb.cells[at]))
+    pasted = copy.deepcopy(next(c for c in nb.cells if grade_id(c) == "answer_quiz"))
+    pasted.metadata["nbgrader"]["grade_id"] = "from_another_notebook"
+    pasted.id = "pasted-from-elsewhere"
+    nb.cells.append(pasted)
+
+
+def _append(*sources: str):
+    """Code cells added at the end of the notebook, after every test."""
+    def edit(nb):
+        nb.cells.extend(nbformat.v4.new_code_cell(textwrap.dedent(s).strip("\n")) for s in sources)
+    return edit
 
 
 def _kernel(name: str):
@@ -146,8 +178,29 @@ print("SNOOP", json.dumps(seen))
 """
 
 
+# A file handed in beside the notebook under the name of the kernel's entry point: a kernel started with its
+# folder on the import path runs this instead of ipykernel's own, and the patch is in place before any probe.
+FAKE_LAUNCHER = b"""
+import runpy, sys
+del sys.path[0]  # this folder, put first by `python -m`: now the real launcher is found
+sys.modules.pop("ipykernel_launcher", None)
+import numpy
+numpy.allclose = lambda *a, **k: True
+runpy.run_module("ipykernel_launcher", run_name="__main__")
+"""
+
+# A class whose name moves the terminal's cursor up and erases a line: the integrity report names it.
+ANSI_CLASS = ('Sneaky = type("\\x1b[1A\\x1b[2K\\rAllFine", (set,), {"__hash__": None, "__eq__": lambda s, o: True})\n'
+              'answer_quiz = Sneaky({"a"})')
+
+
 def snoop_cell(paths: dict[str, str], config: str, port: int) -> str:
     return f"import json\nPATHS = {json.dumps(paths)}\nCONFIG = {config!r}\nPORT = {port}\n" + SNOOP
+
+
+DISPLAY_2MB = """
+from IPython.display import HTML, display
+display(HTML("<p>" + "x" * 1_900_000 + "</p>"))"""
 
 
 def cases(root: Path, port: int) -> list[Case]:
@@ -159,7 +212,7 @@ def cases(root: Path, port: int) -> list[Case]:
     return [
         Case("a-honest", hand_in(RIGHT), FULL),
         # --- the sandbox: reads, writes and the network are denied; the student's grade is unaffected
-        Case("snoop", hand_in(RIGHT, [("", snoop)]), FULL, sandbox_only=True),
+        Case("snoop", hand_in(RIGHT, [("", snoop)]), FULL),
         # --- tampering with the tests: each cheat scores 0 on the test cells it could have fooled
         Case("cheat-transformer", hand_in(WRONG, [("", """
             get_ipython().input_transformers_post.append(
@@ -283,8 +336,11 @@ def cases(root: Path, port: int) -> list[Case]:
             "        return True\n"
             "def double(x):\n    return (2 * np.asarray(x) + 1).view(Agreeable) if np.ndim(x) else 2 * x")}),
              ZERO, tampered={"test_double", "test_answer_quiz"}),
-        Case("cheat-numpy-py", hand_in(WRONG, files={"numpy.py": FAKE_NUMPY}),
-             ZERO, tampered={"test_double", "test_answer_quiz"}, note="extra files graded alongside: numpy.py"),
+        Case("cheat-ansi-class", hand_in({**RIGHT, "answer_quiz": ANSI_CLASS}), ONLY_DOUBLE, tampered={"test_answer_quiz"}),
+        # --- files handed in beside the notebook: never on the kernel's import path, and named in the row
+        Case("cheat-numpy-py", hand_in(WRONG, files={"numpy.py": FAKE_NUMPY}), ZERO, note="numpy.py (module numpy)"),
+        Case("shadow-launcher", hand_in({**RIGHT, "double": WRONG["double"]}, files={"ipykernel_launcher.py": FAKE_LAUNCHER}),
+             ONLY_QUIZ, note="ipykernel_launcher.py (module ipykernel_launcher)"),
         Case("cheat-edit-test", hand_in(WRONG, edit=_replace_test("test_double", "pass")), ZERO),
         Case("cheat-delete-tests", hand_in(WRONG, edit=_drop_tests), ZERO),
         Case("cheat-points", hand_in(RIGHT, edit=_points("test_double", 100)), FULL),
@@ -320,11 +376,14 @@ def cases(root: Path, port: int) -> list[Case]:
         Case("crash-loop-no-interrupt", hand_in({**RIGHT, "double": (
             "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass\n" + RIGHT["double"])}),
              ONLY_QUIZ, failed={"double"}),
-        Case("crash-memory", hand_in(RIGHT, [("", "hoard = [bytes(2**30) for _ in range(64)]")]), FULL, sandbox_only=True),
-        Case("crash-forkbomb", hand_in(RIGHT, [("", "import os\nwhile True:\n    os.fork()")]), FULL, failed={"cell 3"},
-             sandbox_only=True),
+        Case("crash-memory", hand_in(RIGHT, [("", "hoard = [bytes(2**30) for _ in range(64)]")]), FULL),
+        Case("crash-forkbomb", hand_in(RIGHT, [("", "import os\nwhile True:\n    os.fork()")]), FULL, failed={"cell 3"}),
         Case("crash-disk", hand_in(RIGHT, [("", "with open('big.bin', 'wb') as f:\n    f.write(bytes(300 * 2**20))")]),
-             FULL, sandbox_only=True),
+             FULL),
+        # --- one student cannot hold a worker long, nor fill its memory: limits per notebook, not only per cell
+        Case("crash-slow", hand_in(RIGHT, edit=_append(*["import time\ntime.sleep(4)"] * 12)), FULL, max_seconds=45),
+        Case("crash-many-outputs", hand_in(RIGHT, edit=_append(*[DISPLAY_2MB] * 4)), FULL,
+             note="outputs past 3 MB per notebook were not kept"),
         Case("crash-big-print", hand_in(RIGHT, [("", "print('x' * 30_000_000)")]), FULL),
         Case("crash-big-display", hand_in(RIGHT, [("", """
             from IPython.display import HTML, display
@@ -345,5 +404,9 @@ def cases(root: Path, port: int) -> list[Case]:
         Case("odd-nbformat3", _nbformat3, FULL, note="notebook format 3"),
         Case("odd-kernel", hand_in(RIGHT, edit=_kernel("ir")), FULL, note="asks for kernel 'ir'"),
         Case("odd-extra-files", hand_in(RIGHT, files={"notes.txt": b"my notes"}), FULL, note="notes.txt"),
+        Case("odd-many-files", hand_in(RIGHT, files={f"draft-{i}.txt": b"draft" for i in range(1, 8)}), FULL,
+             note="draft-1.txt, draft-2.txt, draft-3.txt, draft-4.txt, draft-5.txt, draft-6.txt, draft-7.txt"),
+        Case("odd-copied-cells", hand_in(RIGHT, edit=_copied_cells), FULL, note="copies of the cells double, test_double"),
+        Case("=1+2", hand_in(RIGHT), FULL),  # a name a spreadsheet would run as a formula
         Case("z-honest", hand_in(RIGHT), FULL),
     ]

@@ -1,7 +1,8 @@
 """The adversarial suite: a class of cheats, bombs, broken files and honest students, autograded for real.
 
 One `coursegrader autograde` run over the whole class (tests/adversarial.py), then one assertion per
-student. The sandbox must be on in CI; on a machine without bubblewrap the sandbox-only cases are skipped.
+student. The sandbox must be on in CI; on a machine without bubblewrap the hostile cases are skipped and the
+others are graded with the explicit opt-out (scratch HOME, TMPDIR and folder, no sandbox).
 """
 
 from __future__ import annotations
@@ -12,27 +13,29 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
 from adversarial import FULL, RIGHT, WRONG, Case, cases, hand_in, snoop_cell
+from conftest import NO_SANDBOX, SANDBOX, TRUSTED, needs_sandbox
 from toycourse import make_toy_course
 
 from coursegrader import autograde
+from coursegrader.table import uncell
 from coursegrader.course import Course
 from coursegrader.grading import Grader
-from coursegrader.sandbox import SANDBOX_UIDS, unavailable_reason
+from coursegrader.safety import as_nbgrader_ships
+from coursegrader.sandbox import SANDBOX_UIDS
 
 pytestmark = pytest.mark.pipeline
 
-NO_SANDBOX = unavailable_reason()
-if NO_SANDBOX and os.environ.get("CI"):
-    raise RuntimeError(f"CI must run the adversarial suite in the sandbox: {NO_SANDBOX}")
-
-FAST = "\n# Adversarial suite: short limits so that the loops cost seconds, not minutes.\n" \
-       "c.Execute.timeout = 5\nc.GuardedExecute.notebook_timeout = 120\n"
+# Short limits, so that the loops cost seconds, not minutes: 5 s a cell; a notebook has its budget (30 s in the
+# toy course.toml), no more; 3 MB of outputs.
+FAST = "\n# Adversarial suite: short limits.\nc.Execute.timeout = 5\nc.GuardedExecute.budget_factor = 1\n" \
+       "c.GuardedExecute.max_notebook_output_bytes = 3_000_000\n"
 
 
 def make_course(path):
@@ -56,12 +59,12 @@ def graded(tmp_path_factory, listener):
     config_before = (root / "nbgrader_config.py").read_text()
     (root / "victim.txt").write_text("precious")  # what plant-symlinks tries to overwrite as root
     (root / "victim-dir").mkdir()
-    class_ = [c for c in cases(root, listener) if not (c.sandbox_only and NO_SANDBOX)]
+    class_ = [c for c in cases(root, listener) if SANDBOX or not c.hostile]
     for case in class_:
         case.write(root / "release" / "toy" / "toy.ipynb", root / "submitted" / case.student / "toy")
     os.environ["COURSEGRADER_TEST_SECRET"] = "a TA's token"
     try:
-        outcome = autograde.run(Course.load(root), "toy")  # one worker per core, as a TA runs it
+        outcome = autograde.run(Course.load(root), "toy", **TRUSTED)  # one worker per core, as a TA runs it
     finally:
         del os.environ["COURSEGRADER_TEST_SECRET"]
     results = outcome.results
@@ -94,6 +97,8 @@ def test_student_gets_what_they_should(graded, student):
     assert failed == case.failed, f"{student}: cells reported as stopping the kernel {failed}, expected {case.failed}"
     if case.note:
         assert any(case.note in n for n in res.notes), f"{student}: notes {res.notes} should mention {case.note!r}"
+    if case.max_seconds:
+        assert res.seconds < case.max_seconds, f"{student} held a grading worker for {res.seconds:.0f} s"
 
 
 def _outputs(root, student: str) -> str:
@@ -101,7 +106,7 @@ def _outputs(root, student: str) -> str:
     return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
-@pytest.mark.skipif(bool(NO_SANDBOX), reason=f"needs the sandbox ({NO_SANDBOX})")
+@needs_sandbox
 def test_sandbox_denies_reads_writes_network_and_secrets(graded):
     root, _, _, _, config_before = graded
     line = next(line for line in _outputs(root, "snoop").splitlines() if line.startswith("SNOOP "))
@@ -114,18 +119,24 @@ def test_sandbox_denies_reads_writes_network_and_secrets(graded):
 
 
 def test_snoop_reads_everything_without_the_sandbox(tmp_path, listener):
-    """Negative control: the same cell, graded with --no-sandbox, reads the hidden tests. The snoop is real."""
+    """Negative control: the snoop's code, graded with --no-sandbox, reads a file and reaches the loopback. The
+    snoop is real. It is pointed only at what this test made: a readable file and the test's own listener."""
     root = make_course(tmp_path / "course")
-    secrets = {"source": str(root / "source" / "toy" / "toy.ipynb")}
-    case = Case("snoop", hand_in(RIGHT, [("", snoop_cell(secrets, str(root / "x.py"), listener))]))
-    case.write(root / "release" / "toy" / "toy.ipynb", root / "submitted" / "snoop" / "toy")
+    shared = Path(tempfile.mkdtemp(prefix="readable-"))  # in the session's TMPDIR; readable by the kernel's uid
+    shared.chmod(0o755)
+    (shared / "secret.txt").write_text("readable")
+    (shared / "secret.txt").chmod(0o644)
+    cell = snoop_cell({"secret": str(shared / "secret.txt")}, str(shared / "not-written.py"), listener)
+    Case("control", hand_in(RIGHT, [("", cell)])).write(root / "release" / "toy" / "toy.ipynb",
+                                                        root / "submitted" / "control" / "toy")
     (res,) = autograde.run(Course.load(root), "toy", sandbox=False).results
     assert {gid: s for gid, (s, _) in res.cells.items()} == FULL
-    line = next(line for line in _outputs(root, "snoop").splitlines() if line.startswith("SNOOP "))
+    line = next(line for line in _outputs(root, "control").splitlines() if line.startswith("SNOOP "))
     seen = json.loads(line[len("SNOOP "):])
-    assert seen["source"] == "READ" and seen["loopback"] == "CONNECTED", seen
+    assert seen["secret"] == "READ" and seen["loopback"] == "CONNECTED", seen
 
 
+@needs_sandbox
 def test_outputs_are_capped_in_notebook_and_feedback(graded):
     root = graded[0]
     for student in ("crash-big-print", "crash-big-error"):
@@ -133,13 +144,17 @@ def test_outputs_are_capped_in_notebook_and_feedback(graded):
         assert size < 500_000, f"{student}: the autograded notebook is {size:,} bytes"
     size = (root / "autograded" / "crash-big-display" / "toy" / "toy.ipynb").stat().st_size
     assert size < 2_500_000, f"crash-big-display displayed 5 MB and kept {size:,} bytes (cap: 2 MB per cell)"
+    size = (root / "autograded" / "crash-many-outputs" / "toy" / "toy.ipynb").stat().st_size
+    assert size < 3_500_000, f"crash-many-outputs displayed 7.6 MB and kept {size:,} bytes (cap: 3 MB per notebook)"
     Grader(Course.load(root), root).feedback("toy")
     page = root / "feedback" / "crash-big-print" / "toy" / "toy.html"
     assert page.stat().st_size < 1_000_000, f"feedback page is {page.stat().st_size:,} bytes"
     assert "output truncated" in page.read_text(encoding="utf-8")
+    page = root / "feedback" / "crash-many-outputs" / "toy" / "toy.html"
+    assert page.stat().st_size < 4_500_000, f"feedback page is {page.stat().st_size:,} bytes"
 
 
-@pytest.mark.skipif(bool(NO_SANDBOX), reason=f"needs the sandbox ({NO_SANDBOX})")
+@needs_sandbox
 def test_no_process_outlives_its_sandbox(graded):
     if os.geteuid() != 0:
         pytest.skip("the kernels ran as the grader's own user")
@@ -159,29 +174,82 @@ def test_every_student_has_a_row_in_the_reports(graded):
     root, class_, results, report, _ = graded
     with (root / "reports" / "toy" / "grades.csv").open() as f:
         rows = {row["student"]: row for row in csv.DictReader(f)}
-    assert set(rows) == set(class_), set(class_) ^ set(rows)
+    assert "'=1+2" in rows, f"a student id that starts a formula must start with an apostrophe in the CSV: {sorted(rows)}"
+    assert {uncell(s) for s in rows} == set(class_), set(class_) ^ {uncell(s) for s in rows}
     assert rows["bad-json"]["graded"] == "no" and "not valid JSON" in rows["bad-json"]["reason"]
-    assert int(rows["cheat-transformer"]["integrity_findings"]) >= 2
-    with (root / "reports" / "toy" / "integrity.csv").open() as f:
-        flagged = {(row["student"], row["cell"]) for row in csv.DictReader(f) if row["kind"] == "tamper"}
-    assert ("cheat-allclose", "test_double") in flagged
-    assert "Integrity report" in report and "cheat-ast" in report
     from nbgrader.api import Gradebook
 
     with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
         assert gb.find_submission("toy", "bad-json").score == 0, "an ungradable submission gets a row of zeros"
+    if not SANDBOX:
+        return
+    assert int(rows["cheat-transformer"]["integrity_findings"]) >= 2
+    with (root / "reports" / "toy" / "integrity.csv").open() as f:
+        findings = list(csv.DictReader(f))
+    flagged = {(row["student"], row["cell"]) for row in findings if row["kind"] == "tamper"}
+    assert ("cheat-allclose", "test_double") in flagged
+    assert "Integrity report" in report and "cheat-ast" in report
+    assert "\x1b" not in report and "\r" not in report, "student text reached the terminal with its control characters"
+    assert "\\x1b[2K" in report, "the escape sequence in a student's class name must be shown, escaped"
+    assert all("\x1b" not in value for row in findings for value in row.values())
 
 
-def test_cli_autograde_warns_once_without_sandbox(tmp_path):
+def test_every_grading_path_refuses_without_bubblewrap(tmp_path):
+    """No bubblewrap: coursegrader autograde, check and demo, and plain nbgrader autograde, refuse in one line and
+    grade nobody; with the explicit opt-out they grade (an honest notebook), and say that it was unsandboxed."""
     root = make_course(tmp_path / "course")
-    Case("alice", hand_in(RIGHT)).write(
-        root / "release" / "toy" / "toy.ipynb", root / "submitted" / "alice" / "toy")
-    done = subprocess.run([sys.executable, "-m", "coursegrader", "autograde", "toy", "--no-sandbox"], cwd=root,
-                          capture_output=True, text=True)
+    Case("alice", hand_in(RIGHT)).write(root / "release" / "toy" / "toy.ipynb", root / "submitted" / "alice" / "toy")
+    env = {**os.environ, "COURSEGRADER_BWRAP": str(tmp_path / "no-such-bwrap")}
+    nbgrader = str(Path(sys.executable).parent / "nbgrader")
+
+    def run(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(command, cwd=root, capture_output=True, text=True, env=env)
+
+    for command in (["autograde", "toy"], ["check", "toy"], ["demo"]):
+        done = run(sys.executable, "-m", "coursegrader", *command)
+        assert done.returncode == 2, f"coursegrader {' '.join(command)}: exit {done.returncode}\n{done.stderr}"
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "refusing to grade" in lines[0] and "apt-get install bubblewrap" in lines[0] \
+            and "--no-sandbox" in lines[0], done.stderr
+    done = run(nbgrader, "autograde", "toy")
+    assert done.returncode != 0 and "refusing to grade" in done.stdout + done.stderr, done.stdout + done.stderr
+    assert not (root / "autograded").exists(), "a refused run graded someone"
+
+    done = run(sys.executable, "-m", "coursegrader", "autograde", "toy", "--no-sandbox")
     assert done.returncode == 0, done.stdout + done.stderr
-    warnings = [line for line in done.stderr.splitlines() if "WITHOUT a sandbox" in line]
-    assert len(warnings) == 1, done.stderr
-    assert (root / "reports" / "toy" / "grades.csv").is_file()
+    assert "UNSANDBOXED" in done.stdout and "alice    3      3" in done.stdout, done.stdout
+    done = run(nbgrader, "autograde", "toy", "--force", "--GuardedExecute.sandbox=False")
+    assert done.returncode == 0 and "WITHOUT the sandbox" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(os.environ.get("COURSEGRADER_NESTED") == "1", reason="runs this module: not inside itself")
+def test_adversarial_module_without_bubblewrap_touches_nothing_outside(tmp_path):
+    """This module, run as on a machine without bubblewrap, with a throw-away HOME: it passes (the hostile cases
+    are skipped, the rest graded with the opt-out), and HOME, its parent folder and the temporary folder's
+    .ipython are as they were."""
+    home = tmp_path / "home"
+    home.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix="n-", dir=tmp_path.parents[2]))  # short: IPC socket paths are made below it
+    tmp.chmod(0o711)
+    (home / ".bashrc").write_text("# a user's shell set-up\n")
+
+    def state() -> dict[str, object]:
+        return {"home": sorted(str(p.relative_to(tmp_path)) for p in home.rglob("*")),
+                "parent": sorted(p.name for p in tmp_path.iterdir()), "bashrc": (home / ".bashrc").read_text(),
+                "home is a folder": home.is_dir() and not home.is_symlink(),
+                "tmp .ipython": (tmp / ".ipython").exists(), "/tmp/.ipython": Path("/tmp/.ipython").exists()}
+
+    before = state()
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS")}
+    env.update(HOME=str(home), TMPDIR=str(tmp), COURSEGRADER_BWRAP=str(tmp_path / "no-such-bwrap"),
+               COURSEGRADER_NESTED="1")
+    done = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
+                           "-k", "student_gets or every_student or links_planted or snoop_reads"],
+                          cwd=tmp_path, capture_output=True, text=True, env=env)
+    summary = (done.stdout.strip().splitlines() or [""])[-1]
+    assert done.returncode == 0, f"the module failed without bubblewrap: {summary}\n{done.stdout[-3000:]}"
+    assert "skipped" in summary, f"without bubblewrap the hostile cases must be skipped: {summary}"
+    assert state() == before, f"something changed outside the tests' folders: {before} -> {state()}"
 
 
 def test_honest_grades_equal_plain_nbgrader(tmp_path):
@@ -194,10 +262,11 @@ def test_honest_grades_equal_plain_nbgrader(tmp_path):
 
     root = make_course(tmp_path / "course")
     course = Course.load(root)
-    grader = Grader(course, root)
+    grader = Grader(course, root, **TRUSTED)
     subs = sampleclass.plan(course, "toy")
     ours = {sub.student: res.cells for sub, res in sampleclass.grade(course, grader, subs)}
     config = course.nbgrader_config(root)
+    as_nbgrader_ships(config)
     config.CourseDirectory.autograded_directory = "autograded-plain"
     plain_api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
     plain = {}
@@ -229,7 +298,7 @@ def test_probes_ride_on_the_cells_of_an_honest_notebook(tmp_path, monkeypatch):
         return await original(self, import_them, timeout, detail)
 
     monkeypatch.setattr(GuardedExecute, "_probe", run_sync(counted))
-    grader = Grader(Course.load(root), root)
+    grader = Grader(Course.load(root), root, **TRUSTED)
     honest = grader.autograde("toy", "honest")
     assert (honest.cells, honest.findings) == ({gid: (points, points) for gid, points in FULL.items()}, [])
     assert sent == ["baseline"], f"an honest notebook sent probes of their own: {sent}"
@@ -239,7 +308,7 @@ def test_probes_ride_on_the_cells_of_an_honest_notebook(tmp_path, monkeypatch):
     assert sent == ["baseline", "probe"], f"a failed test cell needs exactly one probe of its own (after it): {sent}"
 
 
-@pytest.mark.skipif(bool(NO_SANDBOX), reason=f"needs the sandbox ({NO_SANDBOX})")
+@needs_sandbox
 def test_sandbox_costs_under_a_third_of_a_second_per_notebook(capsys):
     from coursegrader.sandboxcost import measure
 
@@ -249,6 +318,7 @@ def test_sandbox_costs_under_a_third_of_a_second_per_notebook(capsys):
     assert boxed - plain < 0.3, f"the sandbox adds {boxed - plain:.2f} s to every kernel start (target: < 0.3 s)"
 
 
+@needs_sandbox
 def test_links_planted_by_a_kernel_write_nothing_outside_it(graded):
     root = graded[0]
     assert (root / "victim.txt").read_text() == "precious", "grading wrote through a student's symlink"

@@ -22,11 +22,12 @@ import ast
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, needs_sandbox
 from servers import Lab, jupyterlab
 from coursegrader.course import Course
 from coursegrader.lab import command as lab_command
@@ -35,7 +36,8 @@ from coursegrader.notebooks import is_solution, read_notebook
 pytestmark = pytest.mark.browser
 
 LIVE = Course.load(REPO).live()
-ARTIFACTS = REPO / "artifacts" / "browser"
+# Screenshots: in the session's own folder (removed at the end), or where COURSEGRADER_ARTIFACTS says.
+ARTIFACTS = Path(os.environ.get("COURSEGRADER_ARTIFACTS") or Path(tempfile.gettempdir()) / "artifacts") / "browser"
 CHROMIUM = "/usr/bin/chromium"
 # Chromium as the machine's probe starts it: no sandbox (root), no GPU, and none of the background
 # connections that a closed network refuses.
@@ -277,6 +279,7 @@ def test_formgrader_lists_every_assignment(page):
     screenshot(page, "formgrader")
 
 
+@needs_sandbox  # the class has a tamperer and a crash
 def test_grade_report_opens_in_jupyterlab(page, lab, tmp_path):
     from test_parallel import class_course
 

@@ -16,9 +16,12 @@ import pytest
 from toycourse import make_toy_course
 
 import postgres
+from conftest import needs_sandbox
 from coursegrader import autograde, sampleclass
 from coursegrader.course import Course
 from coursegrader.gradebook import Shard, snapshot
+
+pytestmark = needs_sandbox  # the class has a tamperer and a crash
 
 STUDENTS = ["blank", "broken", "crash", "reference", "tamper", "wrong-1", "wrong-2", "wrong-3"]
 

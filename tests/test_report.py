@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import needs_sandbox
 from test_parallel import class_course
 
 from coursegrader import autograde
 from coursegrader.course import Course
 
 
+@needs_sandbox  # the class has a tamperer and a crash
 def test_report_shows_distribution_hardest_cells_and_students_to_look_at(tmp_path):
     root = class_course(tmp_path / "course")
     outcome = autograde.run(Course.load(root), "toy", jobs=2)

@@ -93,3 +93,37 @@ def test_student_data_is_ignored_by_git():
         assert ignored, f"{path} would be committed: add it to .gitignore"
     kept = subprocess.run(["git", "check-ignore", "-q", "autograded/README.md"], cwd=REPO).returncode
     assert kept == 1, "autograded/README.md must stay in git"
+
+
+def test_autograde_is_nbgraders_own_with_execute_guarded(course):
+    """nbgrader_config.py names nbgrader's autograde steps itself: this fails when an nbgrader upgrade changes
+    its own lists, so that the course's copy is brought up to date instead of silently dropping a step."""
+    from nbgrader.converters import Autograde
+    from nbgrader.preprocessors import DeduplicateIds, Execute
+    from traitlets.utils.importstring import import_item
+
+    from coursegrader.execution import GuardedExecute
+    from coursegrader.safety import GuardedExporter
+    from coursegrader.sanitize import ForgetStrayCells
+
+    config = course.nbgrader_config()
+    traits = Autograde.class_traits()
+    ours = {name: [import_item(p) for p in config.Autograde[name]]
+            for name in ("autograde_preprocessors", "sanitize_preprocessors")}
+    shipped = {name: traits[name].make_dynamic_default() for name in ours}
+    assert ours["autograde_preprocessors"] == [GuardedExecute if p is Execute else p
+                                               for p in shipped["autograde_preprocessors"]], shipped
+    after = shipped["sanitize_preprocessors"].index(DeduplicateIds) + 1
+    assert ours["sanitize_preprocessors"] == [*shipped["sanitize_preprocessors"][:after], ForgetStrayCells,
+                                              *shipped["sanitize_preprocessors"][after:]], shipped
+    assert import_item(config.Autograde.exporter_class) is GuardedExporter
+
+
+def test_grading_refuses_when_execute_is_not_guarded(course):
+    from coursegrader.safety import as_nbgrader_ships, refusal
+
+    config = course.nbgrader_config()
+    config.GuardedExecute.sandbox = False  # the opt-out: the sandbox is not the question here
+    assert refusal(config) == ""
+    as_nbgrader_ships(config)
+    assert "do not include coursegrader.execution.GuardedExecute" in refusal(config)

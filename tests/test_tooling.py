@@ -17,6 +17,7 @@ from coursegrader.course import Course
 from coursegrader.errors import CourseError
 from coursegrader.notebooks import read_notebook, strip_markers, with_answers
 from coursegrader.release import find_leaks, secret_lines
+from conftest import SANDBOX, TRUSTED, TRUSTED_FLAGS
 from toycourse import CATALOGUE, make_toy_course
 
 
@@ -137,7 +138,7 @@ def test_rounds_never_share_a_cell_or_a_test():
 # --- grading -------------------------------------------------------------------------------------
 
 def test_check_passes_on_the_toy_course(toy_course):
-    (report,) = check.run(toy_course, ["toy"])
+    (report,) = check.run(toy_course, ["toy"], **TRUSTED)
     assert report.ok, report.verdict.problems
     assert (report.verdict.points, report.verdict.reference, report.verdict.blank) == (3, 3, 0)
     assert len(report.verdict.caught) == report.wrong_total == 3
@@ -152,7 +153,7 @@ def test_check_names_wrong_answers_that_the_catalogue_gets_wrong(tmp_path):
     # 2. A mistake that also breaks the quiz's test cell (it shadows `set`), which the entry does not name.
     text = catalogue.read_text().replace('def double(x):\n    return 2\n', 'def double(x):\n    return 2\nset = frozenset\n')
     catalogue.write_text(text + harmless)
-    (report,) = check.run(Course.load(root), ["toy"])
+    (report,) = check.run(Course.load(root), ["toy"], **TRUSTED)
     problems = report.verdict.problems
     assert not report.ok
     assert any("double/harmless" in p and "keeps its points" in p for p in problems), problems
@@ -171,7 +172,7 @@ def test_sample_class_plan(toy_course):
 
 def test_cli_bad_input_is_one_line(toy_course):
     for args, expected in [(["check", "nope"], "unknown assignment 'nope'"),
-                           (["autograde", "toy"], "no submissions for toy")]:
+                           (["autograde", "toy", *TRUSTED_FLAGS], "no submissions for toy")]:
         result = run_cli(toy_course.root, *args)
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().count("\n") == 0 and expected in result.stderr, result.stderr
@@ -197,7 +198,7 @@ def test_autograde_grades_good_and_names_broken_submissions(tmp_path):
     (root / "submitted" / "erin" / "toy").mkdir(parents=True)
     shutil.copy2(good, root / "submitted" / "erin" / "toy" / "toy (1).ipynb")  # renamed by the browser
     shutil.rmtree(root / "release")  # autograde must not need release/: it registers the assignment itself
-    result = run_cli(root, "autograde", "toy")
+    result = run_cli(root, "autograde", "toy", *TRUSTED_FLAGS)
     assert result.returncode == 1, result.stdout + result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.split()}
     assert "ok" in lines["alice"] and lines["alice"].split()[1:3] == ["3", "3"]
@@ -225,19 +226,19 @@ def test_check_catches_feedback_that_shows_hidden_tests(tmp_path):
     root = make_toy_course(tmp_path / "c")
     config = root / "nbgrader_config.py"
     config.write_text(config.read_text().split("c.GenerateFeedback.preprocessors")[0])
-    (report,) = check.run(Course.load(root), ["toy"])
+    (report,) = check.run(Course.load(root), ["toy"], **TRUSTED)
     assert any("shows a hidden test" in p and "np.arange(0, 10, 2)" in p for p in report.verdict.problems), \
         report.verdict.problems
 
 
 def test_demo_grades_gives_feedback_and_exports(tmp_path):
     root = make_toy_course(tmp_path / "c")
-    result = run_cli(root, "demo")
+    result = run_cli(root, "demo", *TRUSTED_FLAGS)  # the hostile students only in the sandbox
     assert result.returncode == 0, result.stdout + result.stderr
     assert "reference   3/3" in result.stdout and "blank       0/3" in result.stdout
     demo = root / "demo"
     grades = (demo / "grades.csv").read_text().splitlines()
-    assert len(grades) == 1 + 6 and grades[1].startswith("toy,") and "reference" in grades[1]
+    assert len(grades) == 1 + (6 if SANDBOX else 4) and grades[1].startswith("toy,") and "reference" in grades[1]
     assert "tamper      0/3" in result.stdout and "crash       1/3" in result.stdout
     assert "Integrity report" in result.stdout and "toy/tamper  test_double" in result.stdout
     for student in ("reference", "blank", "mistakes-1", "mistakes-2", "tamper", "crash"):
