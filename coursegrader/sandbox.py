@@ -109,7 +109,8 @@ class KernelBox:
 
     `sandbox=False` is the explicit opt-out for trusted notebooks on a machine without bubblewrap: the same
     launcher then starts the kernel without bwrap, but still with a scratch HOME, TMPDIR and working folder
-    of its own, the cleared environment, the limits and (as root) the unprivileged uid.
+    of its own, the cleared environment and the limits. It runs as the grader's own user: without bwrap's
+    mounts, another uid may not reach the Python installation (under /root, say).
     """
 
     def __init__(self, cwd: str, sandbox: bool = True, limits: Limits = Limits()):
@@ -118,12 +119,9 @@ class KernelBox:
         parent = tempfile.gettempdir()
         self._folder = tempfile.TemporaryDirectory(prefix="cgk-", dir=parent if len(parent) <= 56 else "/tmp")
         self.workdir = Path(self._folder.name)
-        self.uid, self._claim = claim_uid() if os.geteuid() == 0 else (os.getuid(), None)
+        self.uid, self._claim = claim_uid() if os.geteuid() == 0 and sandbox else (os.getuid(), None)
         self.runtime = self.workdir / "run"
         self.runtime.mkdir()
-        if self._claim is not None:  # the kernel's uid must reach its runtime folder (without bwrap's mounts too)
-            for folder in (self.workdir, self.runtime):
-                os.chmod(folder, 0o711)
         self.kernels = self.workdir / "kernels"
         spec_dir = self.kernels / KERNEL_NAME
         spec_dir.mkdir(parents=True)
@@ -275,7 +273,7 @@ def launch(argv: list[str]) -> None:
         sys.exit(f"coursegrader.sandbox: connection file {args.connection_file} is not in a folder of {args.runtime}")
     if cwd != os.path.realpath(args.cwd):
         sys.exit(f"coursegrader.sandbox: will not run a kernel in {cwd} (the notebook's folder is {args.cwd})")
-    uid = args.uid if os.geteuid() == 0 else None
+    uid = args.uid if os.geteuid() == 0 and not args.no_bwrap else None
     _clear(uid)
     # Fresh folders for this kernel only (random names: nothing can be planted in advance).
     scratch = tempfile.mkdtemp(prefix="home-", dir=runtime)
@@ -300,8 +298,7 @@ def launch(argv: list[str]) -> None:
     os.dup2(null, 1)
     if args.no_bwrap:  # the opt-out: the kernel works in its copy, with its own HOME and TMPDIR
         os.chdir(work)  # (jupyter_client has already given the launcher a session of its own)
-        cmd = drop_to(uid, kernel)
-        os.execve(cmd[0], cmd, kernel_environment(scratch))
+        os.execve(kernel[0], kernel, kernel_environment(scratch))
     cmd = bwrap_command(kernel, args.connection_file, cwd, work, scratch, uid)
     os.execvp(cmd[0], cmd)
 

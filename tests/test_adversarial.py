@@ -122,11 +122,8 @@ def test_snoop_reads_everything_without_the_sandbox(tmp_path, listener):
     """Negative control: the snoop's code, graded with --no-sandbox, reads a file and reaches the loopback. The
     snoop is real. It is pointed only at what this test made: a readable file and the test's own listener."""
     root = make_course(tmp_path / "course")
-    shared = Path(tempfile.mkdtemp(prefix="readable-"))  # in the session's TMPDIR; readable by the kernel's uid
-    shared.chmod(0o755)
-    (shared / "secret.txt").write_text("readable")
-    (shared / "secret.txt").chmod(0o644)
-    cell = snoop_cell({"secret": str(shared / "secret.txt")}, str(shared / "not-written.py"), listener)
+    (tmp_path / "secret.txt").write_text("readable")
+    cell = snoop_cell({"secret": str(tmp_path / "secret.txt")}, str(tmp_path / "appended.py"), listener)
     Case("control", hand_in(RIGHT, [("", cell)])).write(root / "release" / "toy" / "toy.ipynb",
                                                         root / "submitted" / "control" / "toy")
     (res,) = autograde.run(Course.load(root), "toy", sandbox=False).results
@@ -230,7 +227,6 @@ def test_adversarial_module_without_bubblewrap_touches_nothing_outside(tmp_path)
     home = tmp_path / "home"
     home.mkdir()
     tmp = Path(tempfile.mkdtemp(prefix="n-", dir=tmp_path.parents[2]))  # short: IPC socket paths are made below it
-    tmp.chmod(0o711)
     (home / ".bashrc").write_text("# a user's shell set-up\n")
 
     def state() -> dict[str, object]:

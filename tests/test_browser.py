@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, needs_sandbox
+from conftest import REPO, SANDBOX, needs_sandbox
 from servers import Lab, jupyterlab
 from coursegrader.course import Course
 from coursegrader.lab import command as lab_command
@@ -277,6 +277,50 @@ def test_formgrader_lists_every_assignment(page):
     for aid in LIVE:
         table.get_by_text(aid).first.wait_for(timeout=60_000)
     screenshot(page, "formgrader")
+
+
+# A cell a submission carries to show where its kernel ran: the course folder is invisible in the sandbox, and
+# there the first process of the kernel's own PID namespace is bwrap.
+WHERE = """import os
+print("WHERE-AM-I", os.path.exists({root!r}), open("/proc/1/comm").read().strip())"""
+
+
+def test_formgrader_autograde_button_grades_in_the_sandbox(page, lab):
+    """A TA presses Autograde in the formgrader: the server's nbgrader runs the notebook through this course's
+    nbgrader_config.py, so the kernel runs in the sandbox; without bubblewrap the button refuses and says why."""
+    import nbformat
+
+    from adversarial import notebook
+    from coursegrader.grading import Grader
+
+    aid, student = "01_mle_kl", "pressed-autograde"
+    Grader(Course.load(lab.root), lab.root, sandbox=False).ensure_registered(aid)  # registers; runs nothing
+    folder = lab.root / "submitted" / student / aid
+    folder.mkdir(parents=True)
+    nb = notebook(lab.root / "release" / aid / f"{aid}.ipynb", {}, [("", WHERE.format(root=str(lab.root)))])
+    nbformat.write(nb, str(folder / f"{aid}.ipynb"))
+
+    tab = page.context.new_page()
+    try:
+        tab.goto(f"{lab.url}/formgrader/manage_submissions/{aid}?token={lab.token}")
+        row = tab.locator("tr", has_text=student).first
+        row.locator(".autograde a").click(timeout=60_000)
+        modal = tab.locator("#success-modal, #error-modal").first
+        modal.wait_for(timeout=RUN_SECONDS * 1000)
+        text = modal.text_content()  # the log too, which the modal folds away
+        screenshot(tab, "formgrader-autograde")
+    finally:
+        tab.close()
+    graded = lab.root / "autograded" / student / aid / f"{aid}.ipynb"
+    if not SANDBOX:  # the refusal, shown to the TA, and nobody graded
+        assert "refusing to grade" in text and "bubblewrap" in text, text
+        assert not graded.exists(), "the formgrader graded a notebook without the sandbox"
+        return
+    assert "Successfully autograded" in text, text
+    printed = "".join(o.get("text", "") for c in nbformat.read(str(graded), 4).cells if c.cell_type == "code"
+                      for o in c.get("outputs", []))
+    where = next((line.split()[1:] for line in printed.splitlines() if line.startswith("WHERE-AM-I")), None)
+    assert where == ["False", "bwrap"], f"the formgrader's kernel did not run in the sandbox: {where}"
 
 
 @needs_sandbox  # the class has a tamperer and a crash
