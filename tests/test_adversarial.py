@@ -195,8 +195,10 @@ def test_every_grading_path_refuses_without_bubblewrap(tmp_path):
     """No bubblewrap: coursegrader autograde, check and demo, and plain nbgrader autograde, refuse in one line and
     grade nobody; with the explicit opt-out they grade (an honest notebook), and say that it was unsandboxed."""
     root = make_course(tmp_path / "course")
-    Case("alice", hand_in(RIGHT)).write(root / "release" / "toy" / "toy.ipynb", root / "submitted" / "alice" / "toy")
-    env = {**os.environ, "COURSEGRADER_BWRAP": str(tmp_path / "no-such-bwrap")}
+    where = 'import os\nprint("WHERE", os.environ["HOME"], os.environ["TMPDIR"], os.getcwd(), "JUPYTER_TOKEN" in os.environ)'
+    Case("alice", hand_in(RIGHT, [("", where)])).write(root / "release" / "toy" / "toy.ipynb",
+                                                      root / "submitted" / "alice" / "toy")
+    env = {**os.environ, "COURSEGRADER_BWRAP": str(tmp_path / "no-such-bwrap"), "JUPYTER_TOKEN": "a TA's token"}
     nbgrader = str(Path(sys.executable).parent / "nbgrader")
 
     def run(*command: str) -> subprocess.CompletedProcess:
@@ -215,6 +217,11 @@ def test_every_grading_path_refuses_without_bubblewrap(tmp_path):
     done = run(sys.executable, "-m", "coursegrader", "autograde", "toy", "--no-sandbox")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "UNSANDBOXED" in done.stdout and "alice    3      3" in done.stdout, done.stdout
+    home, tmpdir, cwd, token = next(line.split()[1:] for line in _outputs(root, "alice").splitlines()
+                                    if line.startswith("WHERE "))
+    assert home == tmpdir and Path(home).name.startswith("home-") and home != os.environ["HOME"], home
+    assert Path(cwd).name.startswith("work-") and not Path(cwd).is_relative_to(root), f"the kernel worked in {cwd}"
+    assert token == "False", "the TA's Jupyter token reached the unsandboxed kernel"
     done = run(nbgrader, "autograde", "toy", "--force", "--GuardedExecute.sandbox=False")
     assert done.returncode == 0 and "WITHOUT the sandbox" in done.stdout + done.stderr, done.stdout + done.stderr
 

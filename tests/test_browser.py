@@ -279,10 +279,10 @@ def test_formgrader_lists_every_assignment(page):
     screenshot(page, "formgrader")
 
 
-# A cell a submission carries to show where its kernel ran: the course folder is invisible in the sandbox, and
-# there the first process of the kernel's own PID namespace is bwrap.
+# A cell a submission carries to show where its kernel ran: the course's source/ (the hidden tests) is invisible in
+# the sandbox, and there the first process of the kernel's own PID namespace is bwrap.
 WHERE = """import os
-print("WHERE-AM-I", os.path.exists({root!r}), open("/proc/1/comm").read().strip())"""
+print("WHERE-AM-I", os.path.exists({source!r}), open("/proc/1/comm").read().strip())"""
 
 
 def test_formgrader_autograde_button_grades_in_the_sandbox(page, lab):
@@ -297,7 +297,7 @@ def test_formgrader_autograde_button_grades_in_the_sandbox(page, lab):
     Grader(Course.load(lab.root), lab.root, sandbox=False).ensure_registered(aid)  # registers; runs nothing
     folder = lab.root / "submitted" / student / aid
     folder.mkdir(parents=True)
-    nb = notebook(lab.root / "release" / aid / f"{aid}.ipynb", {}, [("", WHERE.format(root=str(lab.root)))])
+    nb = notebook(lab.root / "release" / aid / f"{aid}.ipynb", {}, [("", WHERE.format(source=str(lab.root / "source")))])
     nbformat.write(nb, str(folder / f"{aid}.ipynb"))
 
     tab = page.context.new_page()
