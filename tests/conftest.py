@@ -51,6 +51,8 @@ def pytest_configure(config):
     home, tmp = base / "home", base / "tmp"
     home.mkdir()
     tmp.mkdir()
+    for folder in (base, tmp):
+        os.chmod(folder, 0o711)  # other users reach their own folders in TMPDIR (the test PostgreSQL server's)
     config.coursegrader_base = base
     _folders.append(base)
     config.coursegrader_saved = {k: os.environ.get(k) for k in ISOLATED}
