@@ -150,17 +150,22 @@ class GuardedExecute(SlicedPolling, Execute):
     # --- the notebook: run, and run again without a cell that stopped the kernel -----------------
     def preprocess(self, nb: NotebookNode, resources: dict, km=None) -> tuple[NotebookNode, dict]:
         folder = resources.get("metadata", {}).get("path") or os.getcwd()
+        configured = self.timeout  # each cell gets at most what is left of the notebook's time
         with KernelBox(folder, sandbox=self.sandbox) as self.box:
             if not self.sandbox:
                 self.log.warning("grading WITHOUT the sandbox (GuardedExecute.sandbox = False): student code runs "
                                  "with your permissions")
-            return self._preprocess(nb, resources, km)
+            try:
+                return self._preprocess(nb, resources, km)
+            finally:
+                self.timeout = configured
 
     def time_limit(self, resources: dict) -> float:
         """Seconds for the whole notebook: notebook_timeout if set, else budget_factor x the assignment's budget."""
         if self.notebook_timeout:
             return float(self.notebook_timeout)
-        budget = budget_seconds(CourseDirectory(config=self.config).root, resources.get("nbgrader", {}).get("assignment", ""))
+        aid = resources.get("nbgrader", {}).get("assignment", "")
+        budget = budget_seconds(CourseDirectory(config=self.config).root, aid)
         return self.budget_factor * budget if budget else 900.0
 
     def course_bindings(self, resources: dict) -> dict:

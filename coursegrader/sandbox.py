@@ -1,19 +1,25 @@
 """Grading kernels in a bubblewrap sandbox.
 
-A student's notebook runs with the grader's permissions unless something stops it. Here every grading
-kernel starts through a kernel spec whose command is this module's launcher, which execs `bwrap`:
+A student's notebook runs with the grader's permissions unless something stops it. Every grading kernel
+starts from a `KernelBox` (one per notebook): a kernel spec whose command is this module's launcher, which
+execs `bwrap`:
 
 - the file system is empty but for read-only system directories, the Python installation and a few
   files of /etc: no course directory, no gradebook, no other student, no home directory;
 - the only writable places are fresh folders no other kernel sees: the connection file and IPC sockets
-  (one folder per student), HOME and TMPDIR (one per kernel), and a private copy of the student's
+  (one folder per kernel), HOME and TMPDIR (one per kernel), and a private copy of the student's
   autograded folder, mounted where the kernel expects its working directory. The real autograded folder
   is never writable, so nothing a student plants there (a symlink, say) is later written through as root;
+- the kernel's folder is not on its import path (`python -P`): a file handed in beside the notebook cannot
+  stand in for ipykernel's launcher or for numpy;
 - no network (a new network namespace: even loopback is a different one), new PID/IPC/UTS namespaces,
   and the sandbox dies with the grader;
 - an environment cleared down to a short allow-list (a TA's tokens never reach student code);
 - limits on address space, processes (threads count) and file size; run as root, the kernel drops to
-  an unused uid claimed per grader (SANDBOX_UIDS), so that the process limit holds and leftovers can be killed.
+  an unused uid claimed per box (SANDBOX_UIDS), so that the process limit holds and leftovers can be killed.
+
+The explicit opt-out (`KernelBox(sandbox=False)`, for trusted notebooks where bubblewrap cannot run) keeps
+the scratch folders, the environment, the import path and the limits, without bwrap and its uid.
 
 This module is the launcher as well (`python -m coursegrader.sandbox ...`), so it imports only the
 standard library: it runs once per kernel start.
