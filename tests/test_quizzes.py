@@ -23,7 +23,7 @@ from coursegrader.course import Course
 from coursegrader.notebooks import grade_id, read_notebook
 
 LIVE = Course.load(REPO).live()
-NOT_YET = {"02_elbo", "03_reparameterisation"}  # issue 19: their quizzes get per-statement sentences next
+NOT_YET = {"03_reparameterisation"}  # issue 19: its quizzes get per-statement sentences next
 
 
 def literal(node: ast.AST):
@@ -35,7 +35,8 @@ def literal(node: ast.AST):
 
 
 def quizzes(aid: str) -> dict[str, dict]:
-    """answer variable -> {"offered": letters, "verdicts": {letter: (true, sentence)}, "correct": letters}."""
+    """The multiple-choice questions: answer variable -> {"offered": letters, "verdicts": {letter: (true, sentence)},
+    "correct": letters}."""
     found = {}
     for cell in read_notebook(REPO / "source" / aid / f"{aid}.ipynb").cells:
         gid = grade_id(cell) or ""
@@ -52,7 +53,8 @@ def quizzes(aid: str) -> dict[str, dict]:
             elif isinstance(node, ast.Compare) and isinstance(node.ops[0], ast.Eq) \
                     and ast.unparse(node.left) == f"set({name})":
                 quiz["correct"] = literal(node.comparators[0])
-        found[name] = quiz
+        if quiz["offered"] is not None:  # a multiple-choice question (an ordering question has no letters offered)
+            found[name] = quiz
     return found
 
 
@@ -64,7 +66,6 @@ def test_every_statement_has_its_sentence(aid):
     if aid in NOT_YET:
         pytest.xfail(f"{aid}: its quizzes do not explain every statement yet (issue 19)")
     for name, quiz in quizzes(aid).items():
-        assert quiz["offered"], f"{aid}/{name}: the visible test must say which letters are offered"
         assert quiz["verdicts"], f"{aid}/{name}: the hidden test has no _verdicts with a sentence per statement"
         assert set(quiz["verdicts"]) == set(quiz["offered"]), f"{aid}/{name}: sentences for {sorted(quiz['verdicts'])}, " \
                                                               f"letters offered {sorted(quiz['offered'])}"
