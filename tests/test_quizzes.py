@@ -23,7 +23,6 @@ from coursegrader.course import Course
 from coursegrader.notebooks import grade_id, read_notebook
 
 LIVE = Course.load(REPO).live()
-NOT_YET = {"03_reparameterisation"}  # issue 19: its quizzes get per-statement sentences next
 
 
 def literal(node: ast.AST):
@@ -63,8 +62,6 @@ WITH_QUIZZES = [aid for aid in LIVE if quizzes(aid)]
 
 @pytest.mark.parametrize("aid", WITH_QUIZZES)
 def test_every_statement_has_its_sentence(aid):
-    if aid in NOT_YET:
-        pytest.xfail(f"{aid}: its quizzes do not explain every statement yet (issue 19)")
     for name, quiz in quizzes(aid).items():
         assert quiz["verdicts"], f"{aid}/{name}: the hidden test has no _verdicts with a sentence per statement"
         assert set(quiz["verdicts"]) == set(quiz["offered"]), f"{aid}/{name}: sentences for {sorted(quiz['verdicts'])}, " \
@@ -90,7 +87,7 @@ def misjudging(quiz: dict, position: int) -> set[str] | None:
 
 
 @pytest.mark.pipeline
-@pytest.mark.parametrize("aid", [a for a in WITH_QUIZZES if a not in NOT_YET])
+@pytest.mark.parametrize("aid", WITH_QUIZZES)
 def test_feedback_explains_every_statement_judged_wrongly(aid, tmp_path):
     from coursegrader import autograde
     from coursegrader.grading import Grader, make_scratch_course
