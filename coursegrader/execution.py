@@ -45,7 +45,7 @@ from traitlets import Bool, Dict, Enum, Float, Integer
 
 from . import integrity
 from .course import budget_seconds
-from .notebooks import is_test
+from .notebooks import is_test, source_of
 from .sandbox import KERNEL_NAME, KernelBox
 
 INTEGRITY_SUFFIX = ".integrity.json"
@@ -150,7 +150,7 @@ class GuardedExecute(SlicedPolling, Execute):
     # --- the notebook: run, and run again without a cell that stopped the kernel -----------------
     def preprocess(self, nb: NotebookNode, resources: dict, km=None) -> tuple[NotebookNode, dict]:
         folder = resources.get("metadata", {}).get("path") or os.getcwd()
-        configured = self.timeout  # each cell gets at most what is left of the notebook's time
+        self.cell_timeout = self.timeout  # as configured; each cell gets at most what is left of the notebook's time
         with KernelBox(folder, sandbox=self.sandbox) as self.box:
             if not self.sandbox:
                 self.log.warning("grading WITHOUT the sandbox (GuardedExecute.sandbox = False): student code runs "
@@ -158,7 +158,7 @@ class GuardedExecute(SlicedPolling, Execute):
             try:
                 return self._preprocess(nb, resources, km)
             finally:
-                self.timeout = configured
+                self.timeout = self.cell_timeout
 
     def time_limit(self, resources: dict) -> float:
         """Seconds for the whole notebook: notebook_timeout if set, else budget_factor x the assignment's budget."""
@@ -172,10 +172,7 @@ class GuardedExecute(SlicedPolling, Execute):
         """The configured bindings, else what the imports of the notebook's source (given cells and tests) bind."""
         if self.bindings:
             return self.bindings
-        ids = resources.get("nbgrader", {})
-        coursedir = CourseDirectory(config=self.config)
-        source = Path(coursedir.format_path(coursedir.source_directory, ".", ids.get("assignment", "")),
-                      f"{ids.get('notebook', '')}.ipynb")
+        source = source_of(self.config, resources)
         return integrity.source_bindings(str(source), source.stat().st_mtime_ns) if source.is_file() else {}
 
     def create_kernel_manager(self):
@@ -196,7 +193,6 @@ class GuardedExecute(SlicedPolling, Execute):
         self.limit = self.time_limit(resources)
         self.course_imports = self.course_bindings(resources)
         self.deadline = time.monotonic() + self.limit
-        self.cell_timeout = self.timeout  # as configured; each cell gets at most what is left of the limit
         self._dropped_note = False
         while True:
             self._notebook_bytes, self._notebook_full = 0, False

@@ -48,6 +48,17 @@ def nbgrader_meta(cell: NotebookNode) -> dict:
     return cell.get("metadata", {}).get("nbgrader", {})
 
 
+def source_of(config, resources: dict) -> Path:
+    """The source notebook of the notebook an nbgrader preprocessor is working on (resources["nbgrader"] names its
+    assignment and notebook), in the course that `config` points at."""
+    from nbgrader.coursedir import CourseDirectory
+
+    ids = resources.get("nbgrader", {})
+    coursedir = CourseDirectory(config=config)
+    return Path(coursedir.format_path(coursedir.source_directory, ".", ids.get("assignment", "")),
+                f"{ids.get('notebook', '')}.ipynb")
+
+
 def grade_id(cell: NotebookNode) -> str | None:
     return nbgrader_meta(cell).get("grade_id")
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from nbgrader.coursedir import CourseDirectory
 from nbgrader.preprocessors import NbGraderPreprocessor
 
-from .notebooks import grade_id, read_notebook
+from .notebooks import grade_id, read_notebook, source_of
 
 
 @lru_cache(maxsize=32)
@@ -30,10 +29,7 @@ class ForgetStrayCells(NbGraderPreprocessor):
     """Remove the nbgrader metadata of cells without a grade_id, or with one the source notebook does not have."""
 
     def preprocess(self, nb, resources):
-        ids = resources.get("nbgrader", {})
-        coursedir = CourseDirectory(config=self.config)
-        source = Path(coursedir.format_path(coursedir.source_directory, ".", ids.get("assignment", "")),
-                      f"{ids.get('notebook', '')}.ipynb")
+        source = source_of(self.config, resources)
         known = source_grade_ids(str(source), source.stat().st_mtime_ns) if source.is_file() else None
         for cell in nb.cells:
             if "nbgrader" not in cell.metadata:
