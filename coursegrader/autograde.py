@@ -153,19 +153,26 @@ def status(r: GradeResult) -> str:
     failures = len(r.findings) - len(r.tampering)
     if failures:
         parts.append(f"{failures} cell(s) stopped the kernel or ran out of time")
+    if r.waiting:
+        parts.append(f"waiting for a TA: {' '.join(r.waiting)}")
     return "; ".join(parts + r.notes)
 
 
 def save_reports(results: list[GradeResult], folder: Path) -> tuple[Path, Path]:
-    """grades.csv (one row per student, with the reason when not graded) and integrity.csv (one row per finding)."""
+    """grades.csv (one row per student, with the reason when not graded) and integrity.csv (one row per finding).
+
+    score and max_score are the autograded points; waiting_for_ta names the written answers a TA still has to
+    grade (worth written_points in all, on top of max_score)."""
     folder.mkdir(parents=True, exist_ok=True)
     grades, findings = folder / "grades.csv", folder / "integrity.csv"
     with grades.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["student", "score", "max_score", "graded", "reason", "integrity_findings", "notes", "seconds"])
+        out.writerow(["student", "score", "max_score", "graded", "reason", "integrity_findings", "notes", "seconds",
+                      "waiting_for_ta", "written_points"])
         for r in results:
             out.writerow(row([r.student, fmt(r.score) if r.ok else 0, fmt(r.max_score) if r.ok else "",
-                              "yes" if r.ok else "no", r.error, len(r.tampering), " | ".join(r.notes), f"{r.seconds:.1f}"]))
+                              "yes" if r.ok else "no", r.error, len(r.tampering), " | ".join(r.notes), f"{r.seconds:.1f}",
+                              " ".join(r.waiting), fmt(r.manual_max) if r.ok and r.manual else ""]))
     with findings.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["student", "cell", "kind", "finding"])
@@ -211,6 +218,10 @@ def format_summary(outcome: Run) -> str:
     flagged = [printable(r.student) for r in results if r.tampering]
     if flagged:
         lines.append(f"flagged by the integrity check: {', '.join(flagged)}")
+    waiting = [r for r in results if r.ok and r.waiting]
+    if waiting:
+        lines.append(f"written answers waiting for a TA (the formgrader's Manual Grading; not counted in the scores "
+                     f"above): {sum(len(r.waiting) for r in waiting)} in {len(waiting)} submission(s)")
     return "\n".join(lines)
 
 

@@ -1,9 +1,10 @@
 """`coursegrader check`: the proof that every assignment grades as it should.
 
-For each assignment: (1) the reference solution gets full marks, (2) the blank release gets 0 and
-autograde does not crash, (3) every catalogued wrong answer loses points on exactly the test cells it
-names, (4) release/ is what nbgrader generates from source/ and leaks nothing, (5) the solution notebook
-runs within its time budget, (6) the feedback of every sample student shows no hidden test.
+For each assignment: (1) the reference solution gets full autograded marks (its written answers wait
+for a TA), (2) the blank release gets 0 and autograde does not crash, (3) every catalogued wrong answer
+loses points on exactly the test cells it names, (4) release/ is what nbgrader generates from source/ and
+leaks nothing (no solution, hidden test or mark scheme), (5) the solution notebook runs within its time
+budget, (6) the feedback of every sample student shows no hidden test and no mark scheme.
 Everything is graded in a scratch course; the real gradebook is not touched.
 """
 
@@ -65,7 +66,7 @@ def check_assignment(course_root: Path, aid: str, exact: bool, workdir: Path, re
     for page in sorted((root / "feedback").glob(f"*/{aid}/*.html")):
         student = page.parts[-3]
         submitted = read_notebook(root / "submitted" / student / aid / f"{aid}.ipynb")
-        verdict.problems.extend(f"feedback of {student} shows a hidden test: '{line}'"
+        verdict.problems.extend(f"feedback of {student} shows a hidden test or a mark scheme: '{line}'"
                                 for line in feedback_leaks(source_nb, page.read_text(encoding="utf-8"), submitted))
     verdict.problems.extend(f"release/{aid}/{d}" for d in differences(root / "release" / aid, course.root / "release" / aid))
     leaks = find_leaks(read_notebook(course.source_notebook(aid)), read_notebook(course.release_notebook(aid)))
@@ -114,6 +115,7 @@ def format_report(reports: list[AssignmentReport]) -> str:
         (
             r.verdict.assignment,
             fmt(r.verdict.points),
+            fmt(r.verdict.written) if r.verdict.written else "-",
             fmt(r.verdict.reference),
             fmt(r.verdict.blank),
             f"{len(r.verdict.caught)}/{r.wrong_total}",
@@ -122,8 +124,11 @@ def format_report(reports: list[AssignmentReport]) -> str:
         )
         for r in reports
     ]
-    header = ("assignment", "points", "reference", "blank", "wrong caught", "seconds / budget", "status")
+    header = ("assignment", "points", "written (TA)", "reference", "blank", "wrong caught", "seconds / budget", "status")
     lines = [render(header, rows)]
+    if any(r.verdict.written for r in reports):
+        lines.append("points, reference and blank count the autograded points; the written answers wait for a TA "
+                     "(the reference's are checked to wait, the blank's to score 0).")
     for r in reports:
         lines.extend(f"  {r.verdict.assignment}: {p}" for p in r.verdict.problems)
     return "\n".join(lines)

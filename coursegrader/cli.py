@@ -105,6 +105,9 @@ def cmd_report(course: Course, args: argparse.Namespace) -> int:
     built = report.build(course, aid, database(args))
     paths = report.save(built, course.root / "reports" / aid)
     print(f"{aid}: {len(built.students)} students, {len(built.graded)} graded, {len(built.to_look_at)} to look at")
+    if built.written:
+        print(f"written answers waiting for a TA: {sum(len(s.waiting) for s in built.waiting)}, from "
+              f"{len(built.waiting)} student(s) (cells {', '.join(w.cell for w in built.written)}; not in the scores)")
     print("Saved: " + ", ".join(str(p.relative_to(course.root)) for p in paths))
     return 0
 

@@ -3,7 +3,8 @@
 The class: `reference` (the solution), `blank` (the release untouched) and `mistakes-<r>` (the solution
 with one round of catalogued wrong answers written in). Runs autograde, generate_feedback, the grade report
 of each assignment (reports/<assignment>/report.html) and the CSV export, then prints the scores and where
-to find the grades, the reports and the feedback.
+to find the grades, the reports and the feedback. Scores are autograded points: the written answers of the
+reference and the mistake students wait for a TA, and are shown as waiting, never as lost.
 """
 
 from __future__ import annotations
@@ -70,9 +71,25 @@ def format_report(results: list[tuple[sampleclass.Submission, GradeResult]], csv
         res = by_key.get((student, aid))
         if res is None:
             return "-"
-        return "FAILED" if not res.ok else f"{fmt(res.score)}/{fmt(res.max_score)}"
+        if not res.ok:
+            return "FAILED"
+        waiting = sum(res.manual[gid][1] for gid in res.waiting)
+        return f"{fmt(res.score)}/{fmt(res.max_score)}" + (f" +{fmt(waiting)} TA" if waiting else "")
 
-    lines = ["Scores (student x assignment):", render(["student", *aids], [[s, *(cell(s, a) for a in aids)] for s in students])]
+    lines = ["Scores (student x assignment), autograded points:",
+             render(["student", *aids], [[s, *(cell(s, a) for a in aids)] for s in students])]
+    written = [(sub, res) for sub, res in results if res.ok and res.manual]
+    if written:
+        lines.append("'+N TA': N points of written answers wait for a TA (the formgrader's Manual Grading); they are "
+                     "not counted, neither as scored nor as lost.")
+        lines.append("\nWritten answers, graded by a TA (the blank release's are scored 0 by nbgrader: no response):")
+        rows = []
+        for aid in aids:
+            manual = next((res.manual for sub, res in written if sub.assignment == aid), {})
+            for gid, (_, points) in manual.items():
+                waiting = [sub.student for sub, res in written if sub.assignment == aid and gid in res.waiting]
+                rows.append([aid, gid, fmt(points), f"{len(waiting)} student(s)", " ".join(waiting)])
+        lines.append(render(["assignment", "written answer", "points", "waiting for a TA", "who"], rows))
     lines.append("\nWhere the mistakes lost points (each must lose exactly the cells its catalogue entries name):")
     rows = []
     for sub, res in results:

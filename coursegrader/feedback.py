@@ -4,6 +4,10 @@ nbgrader's feedback HTML renders the autograded notebook as it is: test cells ca
 and IPython tracebacks quote the failing line (nbgrader issues 917 and 1363). This preprocessor, run by
 `generate_feedback` (see nbgrader_config.py), keeps a test cell's visible tests, replaces its hidden part
 by one comment, and shortens every error in a test cell to its type and message.
+
+The autograded notebook also carries the mark scheme of each written answer (autograde restores the locked
+cell that holds it, so that the formgrader shows it to the TA); nbgrader's own ClearMarkScheme, also in
+generate_feedback's list, removes it from the feedback. `feedback_leaks` checks both.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from nbconvert.exporters.exporter import ResourcesDict
 from nbformat import NotebookNode
 from nbgrader.preprocessors import NbGraderPreprocessor
 
-from .notebooks import HIDDEN_TESTS, is_test
+from .notebooks import HIDDEN_TESTS, MARK_SCHEME, is_test
 
 HIDDEN_NOTE = "# (hidden tests ran here; their code is not shown in feedback)"
 
@@ -45,27 +49,37 @@ class HideHiddenTests(NbGraderPreprocessor):
         return cell, resources
 
 
-def hidden_test_lines(source_nb: NotebookNode, min_chars: int = 12) -> set[str]:
-    """Stripped lines that occur only inside hidden tests (not in visible tests, solutions or given code)."""
+def region_lines(source_nb: NotebookNode, markers: tuple[str, str], min_chars: int = 12) -> set[str]:
+    """Stripped lines that occur only inside the regions between `markers` (not elsewhere in the notebook)."""
     hidden, elsewhere = set(), set()
     for cell in source_nb.cells:
         inside = False
         for line in cell.source.splitlines():
-            if HIDDEN_TESTS[0] in line:
+            if markers[0] in line:
                 inside = True
-            elif HIDDEN_TESTS[1] in line:
+            elif markers[1] in line:
                 inside = False
             else:
                 (hidden if inside else elsewhere).add(line.strip())
     return {line for line in hidden - elsewhere if len(line) >= min_chars}
 
 
+def hidden_test_lines(source_nb: NotebookNode, min_chars: int = 12) -> set[str]:
+    """Stripped lines that occur only inside hidden tests (not in visible tests, solutions or given code)."""
+    return region_lines(source_nb, HIDDEN_TESTS, min_chars)
+
+
+def mark_scheme_lines(source_nb: NotebookNode, min_chars: int = 12) -> set[str]:
+    """Stripped lines that occur only inside the mark schemes of written answers."""
+    return region_lines(source_nb, MARK_SCHEME, min_chars)
+
+
 def feedback_leaks(source_nb: NotebookNode, feedback_html: str, submitted_nb: NotebookNode) -> list[str]:
-    """Hidden-test lines that a feedback page shows and the student did not write themselves.
+    """Hidden-test and mark-scheme lines that a feedback page shows and the student did not write themselves.
 
     The page is read as text (tags stripped, entities unescaped), so syntax highlighting cannot hide a line.
     """
     text = html.unescape(re.sub(r"<[^>]+>", "", feedback_html))
     shown = {line.strip() for line in text.splitlines()}
     own = {line.strip() for cell in submitted_nb.cells for line in cell.source.splitlines()}
-    return sorted(hidden_test_lines(source_nb) & shown - own)
+    return sorted((hidden_test_lines(source_nb) | mark_scheme_lines(source_nb)) & shown - own)

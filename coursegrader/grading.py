@@ -32,13 +32,20 @@ from .safety import refusal
 
 @dataclass
 class GradeResult:
-    """One student's autograded assignment: per-test-cell (score, max score), or why it failed."""
+    """One student's autograded assignment: per-test-cell (score, max score), or why it failed.
+
+    `cells` holds the autograded test cells only: score, max_score and lost count nothing else. The cells a TA
+    grades (written answers) are in `manual`, with score None while they wait for the TA: autograde cannot
+    score them, and a cell waiting for a TA is never a lost one. (nbgrader itself gives 0 to a written answer
+    left as released, "No response": that one does not wait.)
+    """
 
     student: str
     assignment: str
     seconds: float
     error: str = ""  # empty when autograde succeeded
     cells: dict[str, tuple[float, float]] = field(default_factory=dict)
+    manual: dict[str, tuple[float | None, float]] = field(default_factory=dict)  # grade_id -> (score or None, max)
     findings: list[dict] = field(default_factory=list)  # {"cell", "kind": "tamper" | "failure", "finding"}
     notes: list[str] = field(default_factory=list)  # graded, but a TA may want to know (extra files, ...)
     memory_mib: float = 0.0  # peak memory of the grading process and its largest kernel, when measured
@@ -63,6 +70,16 @@ class GradeResult:
     def lost(self) -> set[str]:
         """Test cells that did not get full points."""
         return {gid for gid, (s, m) in self.cells.items() if s < m}
+
+    @property
+    def waiting(self) -> list[str]:
+        """Cells a TA has to grade (written answers), in notebook order."""
+        return [gid for gid, (s, _) in self.manual.items() if s is None]
+
+    @property
+    def manual_max(self) -> float:
+        """The points a TA gives (written answers), on top of max_score."""
+        return sum(m for _, m in self.manual.values())
 
 
 GENERIC = ("Please see the", "There was an error processing")
@@ -183,7 +200,8 @@ class Grader:
         folder = Path(self.root) / self.coursedir.autograded_directory / student / aid
         findings = [f for nb in sorted(folder.glob("*.ipynb")) for f in read_findings(nb)]
         notes = [f"{f['cell']}: {f['finding']}" for f in findings if f["kind"] == "note"]
-        return GradeResult(student, aid, seconds, cells=self.scores(aid, student), notes=notes,
+        auto, manual = self.scores(aid, student)
+        return GradeResult(student, aid, seconds, cells=auto, manual=manual, notes=notes,
                            findings=[f for f in findings if f["kind"] != "note"])
 
     def record_ungraded(self, aid: str, student: str) -> None:
@@ -198,15 +216,21 @@ class Grader:
                     grade.needs_manual_grade = False
             gb.db.commit()
 
-    def scores(self, aid: str, student: str) -> dict[str, tuple[float, float]]:
-        """grade_id -> (score, max score) for every graded cell of the student's submission."""
+    def scores(self, aid: str, student: str) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float | None, float]]]:
+        """(autograded, manual) cells of the student's submission: grade_id -> (score, max score).
+
+        A manual cell (a written answer or a task, graded by a TA) has score None while it waits for the TA."""
+        auto, manual = {}, {}
         with kernel_noise_silenced(), Gradebook(self.db_url) as gb:
-            submission = gb.find_submission(aid, student)
-            return {
-                grade.name: (float(grade.score or 0.0), float(grade.max_score))
-                for notebook in submission.notebooks
-                for grade in notebook.grades
-            }
+            for notebook in gb.find_submission(aid, student).notebooks:
+                by_hand = manual_cells(notebook.notebook)
+                for grade in notebook.grades:
+                    if grade.name in by_hand:
+                        manual[grade.name] = (None if grade.needs_manual_grade else float(grade.score or 0.0),
+                                              float(grade.max_score))
+                    else:
+                        auto[grade.name] = (float(grade.score or 0.0), float(grade.max_score))
+        return auto, manual
 
     def feedback(self, aid: str) -> None:
         with kernel_noise_silenced():
@@ -220,6 +244,12 @@ class Grader:
         with Gradebook(self.db_url) as gb:
             CsvExportPlugin(config=config).export(gb)
         return path
+
+
+def manual_cells(notebook) -> set[str]:
+    """Names of the graded cells of a gradebook notebook that a TA grades: manually graded answers (grade cells
+    that are also solution cells) and tasks. Every other graded cell is an autograded test cell."""
+    return {c.name for c in notebook.solution_cells} | {c.name for c in notebook.task_cells}
 
 
 def make_scratch_course(course: Course, dest: Path, aids: list[str]) -> Path:

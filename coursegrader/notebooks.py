@@ -19,7 +19,8 @@ from .errors import CourseError
 
 SOLUTION = ("BEGIN SOLUTION", "END SOLUTION")
 HIDDEN_TESTS = ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
-MARKERS = (*SOLUTION, *HIDDEN_TESTS, "BEGIN MARK SCHEME", "END MARK SCHEME")
+MARK_SCHEME = ("BEGIN MARK SCHEME", "END MARK SCHEME")  # a written answer's rubric, for the TA only
+MARKERS = (*SOLUTION, *HIDDEN_TESTS, *MARK_SCHEME)
 # An exercise's markdown heading: "### Exercise 2.3 (2 points)" (groups: the number, the points).
 EXERCISE_HEADING = re.compile(r"^#+\s*Exercise\s+(\d+(?:\.\d+)*)\s*\((\d+(?:\.\d+)?) points?\)", re.M)
 
@@ -73,6 +74,18 @@ def is_test(cell: NotebookNode) -> bool:
     return bool(meta.get("grade")) and not meta.get("solution") and cell.cell_type == "code"
 
 
+def is_written(cell: NotebookNode) -> bool:
+    """A manually graded answer: a solution cell that carries points itself (nbgrader's "Manually graded answer").
+    The autograder cannot score it; a TA does, in the formgrader."""
+    meta = nbgrader_meta(cell)
+    return bool(meta.get("grade")) and bool(meta.get("solution"))
+
+
+def is_mark_scheme(cell: NotebookNode) -> bool:
+    """A cell that holds a mark scheme region (the rubric of the written answer above it)."""
+    return MARK_SCHEME[0] in cell.source
+
+
 def solution_cells(nb: NotebookNode) -> dict[str, NotebookNode]:
     return {grade_id(c): c for c in nb.cells if is_solution(c)}
 
@@ -80,6 +93,11 @@ def solution_cells(nb: NotebookNode) -> dict[str, NotebookNode]:
 def points_by_test_cell(nb: NotebookNode) -> dict[str, float]:
     """grade_id -> points of every autograded test cell, in notebook order."""
     return {grade_id(c): float(nbgrader_meta(c).get("points", 0)) for c in nb.cells if is_test(c)}
+
+
+def points_by_written_cell(nb: NotebookNode) -> dict[str, float]:
+    """grade_id -> points of every written answer (graded by a TA, not by the tests), in notebook order."""
+    return {grade_id(c): float(nbgrader_meta(c).get("points", 0)) for c in nb.cells if is_written(c)}
 
 
 def hidden_points(nb: NotebookNode) -> tuple[float, float]:
@@ -103,12 +121,12 @@ def strip_markers(source: str) -> str:
 
 
 def split_regions(source: str) -> tuple[list[str], list[str]]:
-    """(secret, public) lines of a cell: inside solution / hidden-test regions, and outside them."""
+    """(secret, public) lines of a cell: inside solution / hidden-test / mark-scheme regions, and outside them."""
     secret, public, inside = [], [], False
     for line in source.splitlines():
-        if any(line.strip().endswith(m) for m in (SOLUTION[0], HIDDEN_TESTS[0])):
+        if any(line.strip().endswith(m) for m in (SOLUTION[0], HIDDEN_TESTS[0], MARK_SCHEME[0])):
             inside = True
-        elif any(line.strip().endswith(m) for m in (SOLUTION[1], HIDDEN_TESTS[1])):
+        elif any(line.strip().endswith(m) for m in (SOLUTION[1], HIDDEN_TESTS[1], MARK_SCHEME[1])):
             inside = False
         else:
             (secret if inside else public).append(line)

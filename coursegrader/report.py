@@ -5,8 +5,13 @@ reports/<assignment>/grades.csv (who could not be graded, who was flagged, secon
 writes into reports/<assignment>/:
 
 - report.html: the score distribution (a histogram), the test cells the class failed most (which
-  exercises it found hardest), the students to look at, and the mean time per notebook;
+  exercises it found hardest), the written answers that wait for a TA (per cell and per student), the
+  students to look at, and the mean time per notebook;
 - report-cells.csv and report-students.csv: the same numbers, for a spreadsheet.
+
+Scores are autograded points. A written answer (a manually graded cell) is not scored by autograde: until a
+TA grades it in the formgrader it WAITS, and it is never counted as lost; the points a TA has given so far are
+reported apart, as written points.
 """
 
 from __future__ import annotations
@@ -45,22 +50,45 @@ class CellStats:
 
 
 @dataclass
+class WrittenStats:
+    """One written answer (graded by a TA) over the graded students."""
+
+    cell: str
+    exercise: str
+    points: float
+    waiting: list[str] = field(default_factory=list)  # students whose answer a TA has not graded yet
+    marked: int = 0  # graded by a TA, or left blank (nbgrader gives 0 for no response)
+    total: float = 0.0  # points given to the marked ones
+
+
+@dataclass
 class StudentRow:
     student: str
-    score: float
+    score: float  # autograded points
     max_score: float
     graded: bool
     reason: str = ""
     findings: int = 0
     seconds: float | None = None
+    waiting: list[str] = field(default_factory=list)  # written answers waiting for a TA
+    written: float = 0.0  # points a TA has given so far (written answers not waiting)
 
 
 @dataclass
 class Report:
     assignment: str
-    max_score: float
+    max_score: float  # autograded points
     students: list[StudentRow] = field(default_factory=list)
-    cells: list[CellStats] = field(default_factory=list)  # worst first
+    cells: list[CellStats] = field(default_factory=list)  # autograded test cells, worst first
+    written: list[WrittenStats] = field(default_factory=list)  # written answers, in notebook order
+
+    @property
+    def written_max(self) -> float:
+        return sum(w.points for w in self.written)
+
+    @property
+    def waiting(self) -> list[StudentRow]:
+        return [s for s in self.students if s.graded and s.waiting]
 
     @property
     def graded(self) -> list[StudentRow]:
@@ -96,6 +124,8 @@ def build(course: Course, aid: str, db_url: str | None = None, root: Path | None
 
     from nbgrader.coursedir import CourseDirectory
 
+    from .grading import manual_cells
+
     root = root or course.root
     url = db_url or CourseDirectory(config=course.nbgrader_config(root)).db_url  # nbgrader's own default when unset
     rows = _last_autograde(root, aid)
@@ -105,23 +135,44 @@ def build(course: Course, aid: str, db_url: str | None = None, root: Path | None
             assignment = gb.find_assignment(aid)
         except MissingEntry:
             raise CourseError(f"{aid} is not in the gradebook yet: run `coursegrader autograde {aid}` first") from None
+        by_hand = set().union(*(manual_cells(nb) for nb in assignment.notebooks))
+        graded_cells = [c for nb in assignment.notebooks for c in [*nb.grade_cells, *nb.task_cells]]
+        order = list(names)
+        graded_cells.sort(key=lambda c: order.index(c.name) if c.name in order else len(order))
         cells = {c.name: CellStats(c.name, names.get(c.name, ""), float(c.max_score))
-                 for nb in assignment.notebooks for c in nb.grade_cells}
-        report = Report(aid, float(assignment.max_score))
+                 for c in graded_cells if c.name not in by_hand}
+        written = {c.name: WrittenStats(c.name, names.get(c.name, ""), float(c.max_score))
+                   for c in graded_cells if c.name in by_hand}
+        report = Report(aid, sum(c.points for c in cells.values()), written=list(written.values()))
         for sub in sorted(assignment.submissions, key=lambda s: s.student.id):
             row = rows.get(table.printable(sub.student.id), {})
             graded = row.get("graded", "yes") == "yes"
-            report.students.append(StudentRow(
-                sub.student.id, float(sub.score), float(sub.max_score), graded, row.get("reason", ""),
-                int(row.get("integrity_findings") or 0), float(row["seconds"]) if row.get("seconds") else None))
-            if not graded:
-                continue
-            for nb in sub.notebooks:
-                for grade in nb.grades:
+            student = StudentRow(sub.student.id, 0.0, report.max_score, graded, row.get("reason", ""),
+                                 int(row.get("integrity_findings") or 0),
+                                 float(row["seconds"]) if row.get("seconds") else None)
+            report.students.append(student)
+            grades = sorted((g for nb in sub.notebooks for g in nb.grades),
+                            key=lambda g: order.index(g.name) if g.name in order else len(order))
+            for grade in grades:
+                score = float(grade.score or 0)
+                if grade.name in written:
+                    if not graded:
+                        continue
+                    stats = written[grade.name]
+                    if grade.needs_manual_grade:
+                        stats.waiting.append(sub.student.id)
+                        student.waiting.append(grade.name)
+                    else:
+                        stats.marked += 1
+                        stats.total += score
+                        student.written += score
+                    continue
+                student.score += score
+                if graded:
                     stats = cells[grade.name]
                     stats.graded += 1
-                    stats.total += float(grade.score or 0)
-                    stats.failed += float(grade.score or 0) < float(grade.max_score)
+                    stats.total += score
+                    stats.failed += score < float(grade.max_score)
     report.cells = sorted(cells.values(), key=lambda c: (-c.failure_rate, c.mean / c.points if c.points else 0, c.cell))
     return report
 
@@ -175,8 +226,25 @@ def to_html(report: Report) -> str:
               f"{c.mean:.2f}") for c in report.cells]
     look = [(s.student, "not graded: " + s.reason if not s.graded else f"{s.findings} integrity finding(s)")
             for s in report.to_look_at]
-    summary = (f"{len(report.students)} students, {len(graded)} graded; mean score {mean:.1f} of {report.max_score:g}; "
+    summary = (f"{len(report.students)} students, {len(graded)} graded; mean score {mean:.1f} of {report.max_score:g} "
+               f"autograded points; "
                + (f"mean time per notebook {seconds:.1f} s" if seconds is not None else "no autograde times found"))
+    written = ""
+    if report.written:
+        waiting = report.waiting
+        per_cell = [(w.cell, w.exercise, f"{w.points:g}", len(w.waiting), w.marked,
+                     f"{w.total / w.marked:.2f}" if w.marked else "-") for w in report.written]
+        per_student = [(s.student, " ".join(s.waiting)) for s in waiting]
+        written = f"""<h2 id="written">Written answers: graded by a TA</h2>
+<p id="written-summary">{html.escape(
+            f"{len(report.written)} written answer(s) worth {report.written_max:g} points, not included in the scores "
+            f"above: autograde cannot score them, so they wait for a TA (the formgrader's Manual Grading, with the "
+            f"mark scheme shown under each answer) and are never counted as lost. "
+            f"{sum(len(s.waiting) for s in waiting)} answer(s) of {len(waiting)} student(s) are waiting.")}</p>
+{_table(("written answer", "exercise", "points", "waiting for a TA", "marked (by a TA, or 0 for no answer)",
+                 "mean points (marked)"), per_cell)}
+{_table(("student", "waiting for a TA"), per_student) if per_student else '<p class="none">None waiting.</p>'}
+"""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(report.assignment)}: grade report</title>
 <style>
@@ -191,7 +259,7 @@ th {{ background: #eef2f7; }} .none {{ color: #2a7a2a; }}
 <h2>Hardest test cells first</h2>
 <p>Share of graded students who lost points on each test cell.</p>
 {_table(("test cell", "exercise", "points", "failed", "students", "mean points"), cells)}
-<h2>Students to look at</h2>
+{written}<h2>Students to look at</h2>
 {_table(("student", "why"), look) if look else '<p class="none">None: every submission was graded and none was flagged.</p>'}
 </body></html>
 """
@@ -208,7 +276,10 @@ def save(report: Report, folder: Path) -> list[Path]:
                                  f"{c.mean:.3f}"]) for c in report.cells)
     with students.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["student", "score", "max_score", "graded", "reason", "integrity_findings", "seconds"])
+        out.writerow(["student", "score", "max_score", "graded", "reason", "integrity_findings", "seconds",
+                      "waiting_for_ta", "written_score", "written_max"])
         out.writerows(table.row([s.student, f"{s.score:g}", f"{s.max_score:g}", "yes" if s.graded else "no", s.reason,
-                                 s.findings, "" if s.seconds is None else f"{s.seconds:.1f}"]) for s in report.students)
+                                 s.findings, "" if s.seconds is None else f"{s.seconds:.1f}", " ".join(s.waiting),
+                                 f"{s.written:g}" if report.written else "", f"{report.written_max:g}" if report.written else ""])
+                      for s in report.students)
     return [page, cells, students]

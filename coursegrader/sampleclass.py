@@ -43,7 +43,8 @@ TAMPER = ("get_ipython().input_transformers_post.append(\n"
 
 
 def as_expected(sub: Submission, res: GradeResult) -> bool:
-    """Did the submission score what it should: full marks, zero, or lose exactly its catalogued cells?"""
+    """Did the submission score what it should: full marks, zero, or lose exactly its catalogued cells?
+    (Autograded points only: a written answer waits for a TA and is neither kept nor lost.)"""
     if not res.ok:
         return False
     if sub.blank:
@@ -106,8 +107,9 @@ class Verdict:
     """What the sample class says about one assignment's tests."""
 
     assignment: str
-    points: float = 0.0
-    reference: float | None = None
+    points: float = 0.0  # autograded points
+    written: float = 0.0  # points of the written answers, which a TA grades
+    reference: float | None = None  # the reference's autograded score
     blank: float | None = None
     seconds: float | None = None  # autograde time of the reference, kernel start included
     caught: list[str] = field(default_factory=list)  # wrong answers that lost points exactly where named
@@ -123,13 +125,20 @@ def verify(course: Course, grader: Grader, aid: str, results: list[tuple[Submiss
             continue
         if sub.student == "reference":
             verdict.points, verdict.reference, verdict.seconds = res.max_score, res.score, res.seconds
+            verdict.written = res.manual_max
             if res.lost:
                 verdict.problems.append(f"reference loses points on {sorted(res.lost)}")
+            settled = sorted(set(res.manual) - set(res.waiting))
+            if settled:  # an answer differs from the release, so nbgrader must leave it to a TA
+                verdict.problems.append(f"reference: written answers not waiting for a TA: {settled}")
         elif sub.blank:
             verdict.blank = res.score
             if res.score > 0:
                 kept = sorted(gid for gid, (s, _) in res.cells.items() if s > 0)
                 verdict.problems.append(f"blank release scores {res.score:g}: points kept on {kept}")
+            given = sorted(gid for gid, (s, _) in res.manual.items() if s)
+            if given:
+                verdict.problems.append(f"blank release gets points on written answers {given}")
         elif res.lost == sub.expected_lost:
             verdict.caught.extend(w.id for w in sub.wrong)
         elif len(sub.wrong) == 1:

@@ -204,7 +204,7 @@ def not_from_stubs(aid: str, found: list[tuple[int, str, str]]) -> list[str]:
     """The errors that an unanswered exercise does not explain. Explained: the stub's NotImplementedError, and a
     NameError for a name that a solution cell, or a cell stopped by such an error, would have defined."""
     source = read_notebook(REPO / "source" / aid / f"{aid}.ipynb").cells
-    missing = set().union(*(defined(c.source) for c in source if is_solution(c)))
+    missing = set().union(*(defined(c.source) for c in source if is_solution(c) and c.cell_type == "code"))
     cells = read_notebook(REPO / "release" / aid / f"{aid}.ipynb").cells
     other = []
     for index, ename, evalue in sorted(found):

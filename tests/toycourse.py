@@ -27,6 +27,38 @@ def tests(gid: str, points: float, source: str):
     return _cell("code", source, grade_id=gid, solution=False, grade=True, locked=True, points=points)
 
 
+def written(gid: str, points: float, source: str):
+    """A written answer: a manually graded markdown cell (nbgrader's "Manually graded answer")."""
+    return _cell("markdown", source, grade_id=gid, solution=True, grade=True, locked=False, points=points)
+
+
+def read_only(gid: str, source: str):
+    """A locked markdown cell (nbgrader's "Read-only"): here, the mark scheme of the written answer above it."""
+    return _cell("markdown", source, grade_id=gid, solution=False, grade=False, locked=True)
+
+
+RUBRIC = "Full marks only if the answer names the factor 2 and says why it is linear."
+MODEL_ANSWER = "Doubling is linear: it multiplies every entry by the factor 2."
+
+
+def written_cells() -> list[nbformat.NotebookNode]:
+    """The exercise heading, the answer cell and its mark scheme, as the course's notebooks have them."""
+    return [
+        _cell("markdown", "### Exercise 3 (2 points): written answer\n\nIn one sentence: what does `double` do?"),
+        written("written_double", 2, f"""
+            ### BEGIN SOLUTION
+            {MODEL_ANSWER}
+            ### END SOLUTION
+        """),
+        read_only("mark_scheme_double", f"""
+            *Graded by a teaching assistant.*
+            ### BEGIN MARK SCHEME
+            {RUBRIC}
+            ### END MARK SCHEME
+        """),
+    ]
+
+
 def toy_notebook() -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -91,13 +123,17 @@ code = 'answer_quiz = {"a"}'
 '''
 
 
-def make_toy_course(root: Path, *, release: bool = True) -> Path:
-    """Write a course with the single assignment `toy` under `root`; optionally generate its release."""
+def make_toy_course(root: Path, *, release: bool = True, with_written: bool = False) -> Path:
+    """Write a course with the single assignment `toy` under `root`; optionally generate its release.
+    `with_written`: the notebook ends with a written answer (graded by a TA) and its mark scheme."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy2(REPO / "nbgrader_config.py", root / "nbgrader_config.py")
     (root / "course.toml").write_text('[assignments.toy]\ntitle = "Toy"\nbudget_seconds = 30\n')
     (root / "source" / "toy").mkdir(parents=True, exist_ok=True)
-    nbformat.write(toy_notebook(), str(root / "source" / "toy" / "toy.ipynb"))
+    nb = toy_notebook()
+    if with_written:
+        nb.cells += written_cells()
+    nbformat.write(nb, str(root / "source" / "toy" / "toy.ipynb"))
     (root / "tests" / "wrong_answers").mkdir(parents=True, exist_ok=True)
     (root / "tests" / "wrong_answers" / "toy.toml").write_text(CATALOGUE)
     if release:
