@@ -69,17 +69,29 @@ def hidden_test_lines(source_nb: NotebookNode, min_chars: int = 12) -> set[str]:
     return region_lines(source_nb, HIDDEN_TESTS, min_chars)
 
 
-def mark_scheme_lines(source_nb: NotebookNode, min_chars: int = 12) -> set[str]:
-    """Stripped lines that occur only inside the mark schemes of written answers."""
-    return region_lines(source_nb, MARK_SCHEME, min_chars)
+def plain(markdown: str) -> str:
+    """Markdown as its rendering reads once tags are stripped: no emphasis or code marks, a bullet's dash gone,
+    whitespace collapsed."""
+    return " ".join(re.sub(r"(?m)^\s*[-*]\s+|[*`]", "", markdown).split())
+
+
+def mark_scheme_leaks(source_nb: NotebookNode, page_text: str, own_text: str, min_chars: int = 20) -> list[str]:
+    """What a page (its text, tags stripped) shows of the mark schemes: their markers, or one of their lines.
+
+    A mark scheme is markdown, rendered: its source lines are looked for in the page's collapsed text."""
+    shown, own = " ".join(page_text.split()), " ".join(own_text.split())
+    lines = {plain(line) for line in region_lines(source_nb, MARK_SCHEME, min_chars)}
+    found = [marker for marker in MARK_SCHEME if marker in shown and marker not in own]
+    return found + sorted(line for line in lines if len(line) >= min_chars and line in shown and line not in own)
 
 
 def feedback_leaks(source_nb: NotebookNode, feedback_html: str, submitted_nb: NotebookNode) -> list[str]:
-    """Hidden-test and mark-scheme lines that a feedback page shows and the student did not write themselves.
+    """Hidden-test lines and mark-scheme text that a feedback page shows and the student did not write themselves.
 
     The page is read as text (tags stripped, entities unescaped), so syntax highlighting cannot hide a line.
     """
     text = html.unescape(re.sub(r"<[^>]+>", "", feedback_html))
     shown = {line.strip() for line in text.splitlines()}
     own = {line.strip() for cell in submitted_nb.cells for line in cell.source.splitlines()}
-    return sorted((hidden_test_lines(source_nb) | mark_scheme_lines(source_nb)) & shown - own)
+    own_text = "\n".join(plain(cell.source) for cell in submitted_nb.cells)
+    return sorted(hidden_test_lines(source_nb) & shown - own) + mark_scheme_leaks(source_nb, text, own_text)

@@ -44,17 +44,18 @@ TAMPER = ("get_ipython().input_transformers_post.append(\n"
 
 def as_expected(sub: Submission, res: GradeResult) -> bool:
     """Did the submission score what it should: full marks, zero, or lose exactly its catalogued cells?
-    (Autograded points only: a written answer waits for a TA and is neither kept nor lost.)"""
+    Autograded points only: the model answers handed in for the written answers wait for a TA (neither kept nor
+    lost), and the blank release's score 0."""
     if not res.ok:
         return False
     if sub.blank:
-        return res.score == 0
+        return res.score == 0 and not any(s for s, _ in res.manual.values())
     if sub.tamper:
         return res.score == 0 and {f["cell"] for f in res.tampering} == set(res.cells)
     if sub.crash:  # its exercise's tests fail (so may tests that use the function it never defined); the rest is graded
         died = any(f["cell"] == sub.crash and f["kind"] == "failure" for f in res.findings)
         return died and sub.crash_fails <= res.lost and res.score > 0 and not res.tampering
-    return res.lost == sub.expected_lost and not res.tampering
+    return res.lost == sub.expected_lost and not res.tampering and set(res.waiting) == set(res.manual)
 
 
 def reference_answers(source_nb) -> dict[str, str]:
