@@ -63,17 +63,17 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # Written answers (manually graded markdown cells) have a mark scheme for the TA in the locked, read-only cell
 # right after them, between "### BEGIN MARK SCHEME" and "### END MARK SCHEME". generate_assignment removes it from
 # the release (ClearMarkScheme) after the gradebook has recorded the whole locked cell, so autograde's
-# OverwriteCells puts it back and the formgrader shows it beside the answer. nbgrader insists that such a cell is a
+# OverwriteCells puts it back and the formgrader shows it under the answer; feedback drops it (below). nbgrader insists that such a cell is a
 # "task" cell, which would add a second grade for a TA to give; a read-only cell with a grade_id is restored just as
 # well, so the check is off (tests/test_assignments.py holds every mark scheme to a locked cell instead).
 c.ClearMarkScheme.enforce_metadata = False
 
 # Feedback shows students which test failed and its message, never the hidden tests' code
 # (coursegrader/feedback.py; nbgrader alone renders them, its issues 917 and 1363), and never the mark schemes
-# that autograde restored for the formgrader (nbgrader's feedback keeps them; ClearMarkScheme removes them).
+# that autograde restored for the formgrader (nbgrader's feedback keeps them).
 c.GenerateFeedback.preprocessors = [
     "nbgrader.preprocessors.GetGrades",
     "coursegrader.feedback.HideHiddenTests",
-    "nbgrader.preprocessors.ClearMarkScheme",
+    "coursegrader.feedback.HideMarkSchemes",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
 ]

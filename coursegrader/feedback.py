@@ -6,8 +6,8 @@ and IPython tracebacks quote the failing line (nbgrader issues 917 and 1363). Th
 by one comment, and shortens every error in a test cell to its type and message.
 
 The autograded notebook also carries the mark scheme of each written answer (autograde restores the locked
-cell that holds it, so that the formgrader shows it to the TA); nbgrader's own ClearMarkScheme, also in
-generate_feedback's list, removes it from the feedback. `feedback_leaks` checks both.
+cell that holds it, so that the formgrader shows it to the TA); HideMarkSchemes, also in generate_feedback's
+list, removes it from the feedback. `feedback_leaks` checks both.
 """
 
 from __future__ import annotations
@@ -62,6 +62,30 @@ def region_lines(source_nb: NotebookNode, markers: tuple[str, str], min_chars: i
             else:
                 (hidden if inside else elsewhere).add(line.strip())
     return {line for line in hidden - elsewhere if len(line) >= min_chars}
+
+
+def without_mark_schemes(source: str) -> str:
+    """The source without its mark-scheme regions, markers included; a region that is never closed runs to the end."""
+    kept, inside = [], False
+    for line in source.splitlines():
+        if MARK_SCHEME[0] in line:
+            inside = True
+        elif MARK_SCHEME[1] in line and inside:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+class HideMarkSchemes(NbGraderPreprocessor):
+    """Remove the written answers' mark schemes, which autograde restored for the formgrader, before feedback is
+    rendered. nbgrader's ClearMarkScheme would do it too, but it raises on a marker without its partner, which a
+    student can type into an answer: that student would get no feedback at all."""
+
+    def preprocess_cell(self, cell: NotebookNode, resources: ResourcesDict, index: int) -> tuple[NotebookNode, ResourcesDict]:
+        if MARK_SCHEME[0] in cell.source:
+            cell.source = without_mark_schemes(cell.source)
+        return cell, resources
 
 
 def hidden_test_lines(source_nb: NotebookNode, min_chars: int = 12) -> set[str]:

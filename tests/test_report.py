@@ -105,7 +105,7 @@ def test_written_answers_wait_for_a_ta_who_alone_sees_their_mark_scheme(tmp_path
         assert RUBRIC not in page and "MARK SCHEME" not in page, f"(c) {student}'s feedback shows the mark scheme"
         assert "Graded by a teaching assistant" in page
     config = root / "nbgrader_config.py"  # the negative control: nbgrader's feedback keeps the mark scheme
-    config.write_text(config.read_text().replace('    "nbgrader.preprocessors.ClearMarkScheme",\n', ""))
+    config.write_text(config.read_text().replace('    "coursegrader.feedback.HideMarkSchemes",\n', ""))
     Grader(course, root, **TRUSTED).feedback("toy")
     page = (root / "feedback" / "reference" / "toy" / "toy.html").read_text()
     submitted = read_notebook(root / "submitted" / "reference" / "toy" / "toy.ipynb")
@@ -132,3 +132,22 @@ def test_written_answers_wait_for_a_ta_who_alone_sees_their_mark_scheme(tmp_path
     with (folder / "grades.csv").open() as f:
         rows = {row["student"]: row for row in csv.DictReader(f)}
     assert rows["reference"]["waiting_for_ta"] == "written_double" and rows["reference"]["written_points"] == "2"
+
+
+def test_feedback_drops_mark_schemes_even_when_a_student_types_a_marker():
+    """nbgrader's ClearMarkScheme raises on a marker without its partner, which would cost that student their
+    feedback; HideMarkSchemes removes every region, an unclosed one to the end of its cell, and never raises."""
+    import nbformat
+    import pytest
+    from nbgrader.preprocessors import ClearMarkScheme
+
+    from coursegrader.feedback import HideMarkSchemes
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("Seen.\n### BEGIN MARK SCHEME\nsecret rubric\n### END MARK SCHEME\nSeen too."),
+        nbformat.v4.new_markdown_cell("My answer.\n### BEGIN MARK SCHEME\nnever closed"),
+    ])
+    with pytest.raises(RuntimeError):
+        ClearMarkScheme(enforce_metadata=False).preprocess(nbformat.from_dict(nb), {})
+    cleaned, _ = HideMarkSchemes().preprocess(nb, {})
+    assert [c.source for c in cleaned.cells] == ["Seen.\nSeen too.", "My answer."]
