@@ -73,7 +73,7 @@ class GradeResult:
 
     @property
     def waiting(self) -> list[str]:
-        """Cells a TA has to grade (written answers), in notebook order."""
+        """The written answers (manually graded cells) that wait for a TA to grade them."""
         return [gid for gid, (s, _) in self.manual.items() if s is None]
 
     @property
