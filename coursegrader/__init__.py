@@ -3,8 +3,9 @@
 A thin layer over nbgrader's Python API (NbGraderAPI, Gradebook). Each module does one job:
 `course` finds things, `notebooks` reads and edits notebooks, `catalogue` loads the wrong answers,
 `release` publishes and checks for leaks, `grading` runs autograde and reads scores, `sandbox` starts
-grading kernels under bubblewrap, `execution` and `integrity` keep a hostile notebook from costing more than
-its own points or earning points its tests did not give, `submissions` says what is wrong with a submission
+grading kernels under bubblewrap, `execution` keeps a hostile notebook from costing more than its own points,
+and with `proxy` and `split` runs every test cell in a kernel of its own, so that it cannot earn points its tests
+did not give, `submissions` says what is wrong with a submission
 folder, `sampleclass` builds the class that `check` and `demo` grade, `autograde` grades the real class.
 """
 

@@ -126,7 +126,7 @@ def run(course: Course, aid: str, students: list[str] | None = None, sandbox: bo
             done[result.student] = result
             bar.update()
             bar.set_postfix(failed=sum(not r.ok for r in done.values()),
-                            flagged=sum(bool(r.tampering) for r in done.values()))
+                            flagged=sum(bool(r.failures) for r in done.values()))
 
         if jobs == 1:
             for student in students:
@@ -149,10 +149,7 @@ def run(course: Course, aid: str, students: list[str] | None = None, sandbox: bo
 def status(r: GradeResult) -> str:
     if not r.ok:
         return f"NOT GRADED: {r.error}"
-    parts = [f"FLAGGED: {len(r.tampering)} integrity finding(s)"] if r.tampering else ["ok"]
-    failures = len(r.findings) - len(r.tampering)
-    if failures:
-        parts.append(f"{failures} cell(s) stopped the kernel or ran out of time")
+    parts = [f"FLAGGED: {len(r.failures)} cell(s) stopped the kernel or ran out of time"] if r.failures else ["ok"]
     if r.waiting:
         parts.append(f"waiting for a TA: {' '.join(r.waiting)}")
     return "; ".join(parts + r.notes)
@@ -171,7 +168,7 @@ def save_reports(results: list[GradeResult], folder: Path) -> tuple[Path, Path]:
                       "waiting_for_ta", "written_points"])
         for r in results:
             out.writerow(row([r.student, fmt(r.score) if r.ok else 0, fmt(r.max_score) if r.ok else "",
-                              "yes" if r.ok else "no", r.error, len(r.tampering), " | ".join(r.notes), f"{r.seconds:.1f}",
+                              "yes" if r.ok else "no", r.error, len(r.failures), " | ".join(r.notes), f"{r.seconds:.1f}",
                               " ".join(r.waiting), fmt(r.manual_max) if r.ok and r.manual else ""]))
     with findings.open("w", newline="") as f:
         out = csv.writer(f)
@@ -187,7 +184,7 @@ def save_run(outcome: Run, folder: Path) -> Path:
     results = outcome.results
     path.write_text(json.dumps({
         "assignment": outcome.assignment, "students": len(results), "graded": sum(r.ok for r in results),
-        "flagged": sum(bool(r.tampering) for r in results), "jobs": outcome.jobs, "sandboxed": outcome.sandboxed,
+        "flagged": sum(bool(r.failures) for r in results), "jobs": outcome.jobs, "sandboxed": outcome.sandboxed,
         "shard": str(outcome.shard) if outcome.shard else None, "seconds": round(outcome.seconds, 2),
         "peak_memory_mib_per_worker": round(outcome.peak_memory_mib, 1),
     }, indent=1) + "\n", encoding="utf-8")
@@ -198,8 +195,8 @@ def format_integrity(results: list[GradeResult], label=lambda r: r.student) -> s
     rows = [(label(r), x["cell"], x["kind"], x["finding"]) for r in results for x in r.findings]
     if not rows:
         return "Integrity report: nothing found."
-    return ("Integrity report (test cells listed here scored 0; 'tamper': the tests may have been fooled, "
-            "'failure': the code stopped the kernel or ran out of time):\n" + render(("student", "cell", "kind", "finding"), rows))
+    return ("Integrity report ('failure': the code stopped the kernel or ran out of time, and the cells listed "
+            "scored 0; 'note': graded as usual):\n" + render(("student", "cell", "kind", "finding"), rows))
 
 
 def format_summary(outcome: Run) -> str:
@@ -215,7 +212,7 @@ def format_summary(outcome: Run) -> str:
     failed = [printable(r.student) for r in results if not r.ok]
     if failed:
         lines.append(f"could not grade: {', '.join(failed)}")
-    flagged = [printable(r.student) for r in results if r.tampering]
+    flagged = [printable(r.student) for r in results if r.failures]
     if flagged:
         lines.append(f"flagged by the integrity check: {', '.join(flagged)}")
     waiting = [r for r in results if r.ok and r.waiting]

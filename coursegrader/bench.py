@@ -6,7 +6,7 @@ class is graded three times from the command line, each in a course folder of it
 after another:
 
 - plain `nbgrader autograde ASSIGNMENT`: serial and unsandboxed, what users have today;
-- `coursegrader autograde ASSIGNMENT --jobs 1`, and `--jobs <cores>`: sandboxed, with integrity probes;
+- `coursegrader autograde ASSIGNMENT --jobs 1`, and `--jobs <cores>`: sandboxed, with the tests in a kernel of their own;
 
 and the floor is measured: every distinct notebook that autograde executes (taken from the plain run's
 autograded/ folder, outputs cleared) is run with nbclient in a plain kernel, kernel start included, and its

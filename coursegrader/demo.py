@@ -97,7 +97,8 @@ def format_report(results: list[tuple[sampleclass.Submission, GradeResult]], csv
             rows.append([sub.assignment, sub.student, len(sub.wrong), f"{len(res.lost)} of {len(res.cells)}",
                          "yes" if sampleclass.as_expected(sub, res) else "NO"])
     lines.append(render(["assignment", "student", "wrong answers", "test cells that lost points", "as catalogued"], rows))
-    lines.append("\nHostile students: `tamper` blanks every later cell that asserts; `crash` kills its kernel in one "
+    lines.append("\nHostile students: `tamper` hands in the blank release with a cell that blanks every later cell that "
+                 "asserts (it must score 0: the tests run in a kernel of their own); `crash` kills its kernel in one "
                  "solution cell.")
     rows = [[sub.assignment, sub.student, f"{fmt(res.score)}/{fmt(res.max_score)}" if res.ok else "FAILED",
              f"{len(res.lost)} of {len(res.cells)}", "yes" if sampleclass.as_expected(sub, res) else "NO"]

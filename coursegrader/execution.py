@@ -1,27 +1,28 @@
 """nbgrader's Execute preprocessor, made safe to run on students' code.
 
-nbgrader 0.9.6 gives up on a whole submission when the kernel dies or stops answering (`os._exit`, a
-segfault, a loop that ignores interrupts), stores every byte a cell prints, and awards a test cell's
-points whenever the cell shows no error, even if its code never ran. `GuardedExecute` keeps nbgrader's
-behaviour for honest notebooks (same cells, same order, same outputs, so the same grades) and adds:
+nbgrader 0.9.6 runs the test cells in the kernel that runs the student's code, gives up on a whole submission
+when the kernel dies or stops answering (`os._exit`, a segfault, a loop that ignores interrupts), and stores
+every byte a cell prints. `GuardedExecute` keeps nbgrader's behaviour for honest notebooks (same cells, same
+order, same outputs, so the same grades) and adds:
 
+- **the tests in a kernel of their own**: every test cell runs in the tests' kernel, started clean and never
+  running student code; the names it uses reach the student's notebook through data only (proxy.py, split.py).
+  The test cell's reply, outputs and verdict come from there, so nothing the student's code does to its own
+  kernel (patches, hooks, forged replies, lying classes) can change a grade;
 - **a dead or stuck kernel costs the cell that caused it**: the cell gets an error output saying what
-  happened, and the notebook is run again from the top in a fresh kernel without that cell, so every
+  happened, and the notebook is run again from the top in fresh kernels without that cell, so every
   other cell is graded on its merits (at most `max_restarts` times; then the rest is marked not run);
 - **a time limit for the whole notebook**: `budget_factor` times the assignment's budget in course.toml
   (or `notebook_timeout` seconds when set); no cell may run past it, and cells after it are marked not run;
-- **proof that each graded test cell ran, untampered** (see integrity.py): a test cell that did not run,
-  was rewritten, or ran after the student patched what tests rely on gets an `IntegrityError` output,
-  so nbgrader gives it 0 points like any failed test;
 - **outputs capped in bytes** while they arrive, per cell and per notebook, so a 30 MB print (or a hundred
   cells of 2 MB) reaches neither the autograded notebook nor the feedback, and a grading worker's memory
   stays bounded; errors and results are kept, shortened (they are what the grade is made of);
 - **every kernel in a KernelBox** (sandbox.py): in bubblewrap, or, with the explicit opt-out `sandbox =
   False`, without it but still with a scratch HOME, TMPDIR and working folder of its own.
 
-Findings are written next to the autograded notebook as `<notebook>.integrity.json`: kind "tamper" (the
-tests may have been fooled), "failure" (the code stopped the kernel or ran out of time) or "note" (graded
-as usual, but a TA may want to know: outputs that were not kept).
+Findings are written next to the autograded notebook as `<notebook>.integrity.json`: kind "failure" (the code
+stopped the kernel or ran out of time) or "note" (graded as usual, but a TA may want to know: outputs that
+were not kept).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ import copy
 import json
 import math
 import os
+import socket
 import time
+import warnings
 from pathlib import Path
 from queue import Empty
 
@@ -43,12 +46,13 @@ from nbgrader.coursedir import CourseDirectory
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Dict, Enum, Float, Integer
 
-from . import integrity
+from . import proxy, split
 from .course import budget_seconds
 from .notebooks import is_test, source_of
 from .sandbox import KERNEL_NAME, KernelBox
 
 INTEGRITY_SUFFIX = ".integrity.json"
+PRELOAD = {"numpy", "torch"}  # imported by the tests' kernel as it starts, when the notebook imports them
 MAX_TRACEBACK_LINES = 40  # of an error's traceback, the last lines are kept (a deep recursion has thousands)
 
 
@@ -125,7 +129,8 @@ async def connected(kc, timeout: float) -> None:
 
 
 class GuardedExecute(SlicedPolling, Execute):
-    """Execute with restarts after kernel deaths, a notebook time limit, tamper checks and output caps."""
+    """Execute with the tests in a kernel of their own, restarts after kernel deaths, a notebook time limit and
+    output caps."""
 
     sandbox = Bool(True, help="start every kernel in bubblewrap; False is the opt-out for trusted notebooks on a "
                               "machine without it: student code then runs with your permissions").tag(config=True)
@@ -139,19 +144,22 @@ class GuardedExecute(SlicedPolling, Execute):
     max_notebook_output_bytes = Integer(10_000_000, help="outputs kept per notebook; past it, only errors and "
                                                          "results, shortened").tag(config=True)
     max_message_chars = Integer(10_000, help="characters kept of an error message or a result").tag(config=True)
-    probe_timeout = Integer(30, help="seconds the kernel has to answer an integrity probe").tag(config=True)
     # Once the last cell has run, nothing the kernel does matters: kill it instead of asking it to stop
     # and waiting (about a second per notebook); the sandbox's next start clears any leftover process.
     shutdown_kernel = Enum(["graceful", "immediate"], default_value="immediate").tag(config=True)
     settle_iopub = False  # see SlicedPolling
-    bindings = Dict(help="name -> [module, attribute]: what the course's imports bind (integrity.import_bindings); "
+    return_timeout = Integer(10, help="seconds the student's kernel has, after a test cell, to return to its own "
+                                      "cells").tag(config=True)
+    bindings = Dict(help="name -> [module, attribute]: what the course's imports bind (split.import_bindings); "
                          "default: read from the notebook's source in the course").tag(config=True)
 
     # --- the notebook: run, and run again without a cell that stopped the kernel -----------------
     def preprocess(self, nb: NotebookNode, resources: dict, km=None) -> tuple[NotebookNode, dict]:
         folder = resources.get("metadata", {}).get("path") or os.getcwd()
         self.cell_timeout = self.timeout  # as configured; each cell gets at most what is left of the notebook's time
-        with KernelBox(folder, sandbox=self.sandbox) as self.box:
+        self.tests_folder = self._tests_folder(resources)
+        with KernelBox(folder, sandbox=self.sandbox) as self.box, \
+                KernelBox(self.tests_folder, sandbox=self.sandbox) as self.tests_box:
             if not self.sandbox:
                 self.log.warning("grading WITHOUT the sandbox (GuardedExecute.sandbox = False): student code runs "
                                  "with your permissions")
@@ -173,7 +181,19 @@ class GuardedExecute(SlicedPolling, Execute):
         if self.bindings:
             return self.bindings
         source = source_of(self.config, resources)
-        return integrity.source_bindings(str(source), source.stat().st_mtime_ns) if source.is_file() else {}
+        return split.source_bindings(str(source), source.stat().st_mtime_ns) if source.is_file() else {}
+
+    def _tests_folder(self, resources: dict) -> str:
+        """Where the tests' kernel works: the assignment's source folder (its data files, never the student's)."""
+        source = source_of(self.config, resources)
+        return str(source.parent) if source.is_file() else os.getcwd()
+
+    def _notebook_names(self, resources: dict) -> frozenset[str]:
+        source = source_of(self.config, resources)
+        if not source.is_file():
+            self.log.warning("no source notebook for %s: its test cells can use no name of the notebook", source)
+            return frozenset()
+        return split.notebook_names(str(source), source.stat().st_mtime_ns)
 
     def create_kernel_manager(self):
         """A kernel manager that starts the kernel through this notebook's KernelBox, over IPC (a sandboxed kernel
@@ -192,20 +212,14 @@ class GuardedExecute(SlicedPolling, Execute):
         self._cell_bytes, self._truncated = 0, False
         self.limit = self.time_limit(resources)
         self.course_imports = self.course_bindings(resources)
+        self.notebook_names = self._notebook_names(resources)
+        self.tkm = self.tkc = None
         self.deadline = time.monotonic() + self.limit
         self._dropped_note = False
         while True:
             self._notebook_bytes, self._notebook_full = 0, False
             self.current: int | None = None
-            self.baseline: integrity.Probe | None = None
-            self.baseline_problem = ""  # why the first probe failed: then no test cell can be trusted
-            self.digests: dict[str, int] = {}  # module -> digests of states already checked
             self.exit_code: int | None = None
-            self.watched = integrity.watched_modules([c.source for c in pristine.cells if c.cell_type == "code"])
-            self.carriers = probe_carriers(pristine.cells)
-            self.attached: str | None = None  # the probe expression the cell being run carries, if any
-            self.returned: integrity.Probe | None = None  # its answer
-            self.handed_on: integrity.Probe | None = None  # the state after the cell just run, if probed
             try:
                 nb, resources = super().preprocess(copy.deepcopy(pristine), resources, km)
                 break
@@ -220,20 +234,88 @@ class GuardedExecute(SlicedPolling, Execute):
         self._save_findings(resources)
         return nb, resources
 
+    async def async_start_new_kernel(self, **kwargs) -> None:
+        """The tests' kernel first, then the student's, each with its end of a fresh socket pair."""
+        student_end, tests_end = socket.socketpair()
+        self.channel = (student_end.fileno(), tests_end.fileno())
+        try:
+            self.tkm = self.kernel_manager_class(
+                kernel_name=KERNEL_NAME, config=self.config,
+                kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(self.tests_box.kernels)]))
+            self.tkm.transport = "ipc"
+            self.tkm.connection_file = self.tests_box.connection_file()
+            with warnings.catch_warnings():  # jupyter_client asks for close_fds=False; pass_fds overrides it
+                warnings.filterwarnings("ignore", "pass_fds overriding close_fds")
+                await ensure_async(self.tkm.start_kernel(extra_arguments=self.extra_arguments, cwd=self.tests_folder,
+                                                         pass_fds=(tests_end.fileno(),)))
+                await super().async_start_new_kernel(pass_fds=(student_end.fileno(),), **kwargs)
+        finally:  # the kernels hold their ends; the grader keeps none (a kernel's death then closes the channel)
+            student_end.close()
+            tests_end.close()
+
+    start_new_kernel = run_sync(async_start_new_kernel)  # nbclient binds the sync one to its own
+
     async def async_start_new_kernel_client(self):
-        """The client, whose `execute` lets a cell's request carry the integrity probe (see _run)."""
+        """The student's client (SlicedPolling's), then the tests' client, and the channel loaded in both."""
         kc = await super().async_start_new_kernel_client()
-        send = kc.execute
-
-        def execute(code, *args, **kwargs):
-            if self.attached is not None and "user_expressions" not in kwargs:  # a cell, not a probe of its own
-                kwargs["user_expressions"] = {"probe": self.attached}
-            return send(code, *args, **kwargs)
-
-        kc.execute = execute
+        await self._connect_kernels(kc)
         return kc
 
     start_new_kernel_client = run_sync(async_start_new_kernel_client)
+
+    async def _connect_kernels(self, kc) -> None:
+        """Start the tests' client, and load proxy.py into both kernels (the tests' kernel also imports the heavy
+        packages the notebook imports, while the student's cells run, so that the first test cell does not wait)."""
+        self.tkc = self.tkm.client()
+        for channel in (self.tkc.shell_channel, self.tkc.iopub_channel):
+            poll_in_slices(channel)
+        await ensure_async(self.tkc.start_channels())
+        await connected(self.tkc, self.startup_timeout)
+        self.tkc.allow_stdin = False
+        student_fd, tests_fd = self.channel
+        preload = sorted({module.split(".")[0] for module, _ in self.course_imports.values()} & PRELOAD)
+        self.tests_loading = self.tkc.execute(split.load_code(tests_fd, proxy.TESTS, tuple(preload)),
+                                              silent=True, store_history=False)
+        await self._reply(kc, kc.execute(split.load_code(student_fd, proxy.STUDENT), silent=True,
+                                         store_history=False), self.startup_timeout, "load the channel")
+
+    async def _reply(self, kc, msg_id: str, timeout: float, what: str) -> dict:
+        """The reply to one of our own silent requests; RuntimeError if it failed, KernelStopped if none came."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise KernelStopped(f"the kernel did not answer ({what})")
+            try:
+                msg = await kc.shell_channel.get_msg(timeout=remaining)
+            except Empty:
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                content = msg["content"]
+                if content.get("status") != "ok":
+                    raise RuntimeError(f"{what}: {content.get('ename')}: {content.get('evalue')}")
+                return content
+
+    async def _async_cleanup_kernel(self) -> None:
+        try:
+            await super()._async_cleanup_kernel()
+        finally:
+            await self._stop_tests_kernel()
+
+    _cleanup_kernel = run_sync(_async_cleanup_kernel)
+
+    async def _stop_tests_kernel(self) -> None:
+        tkm, tkc, self.tkm, self.tkc = getattr(self, "tkm", None), getattr(self, "tkc", None), None, None
+        if tkc is not None:
+            tkc.stop_channels()
+        if tkm is not None:
+            try:
+                if await ensure_async(tkm.is_alive()):
+                    await ensure_async(tkm.shutdown_kernel(now=True))
+            except RuntimeError:
+                pass
+            finally:
+                await ensure_async(tkm.cleanup_resources())
 
     async def _async_check_alive(self) -> None:
         try:
@@ -263,16 +345,6 @@ class GuardedExecute(SlicedPolling, Execute):
     def preprocess_cell(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
         if cell.cell_type != "code":
             return cell, resources
-        handed_on = self.handed_on  # the state right before this cell, if the cell run before it carried a probe
-        if cell.source.strip():  # an empty cell is not run: what the cell before it handed on still holds
-            self.handed_on = None
-        if self.baseline is None and not self.baseline_problem:
-            try:
-                self.baseline = self._probe(import_them=True)
-                self.watched = list(self.baseline.data["modules"])  # with the submodules the baseline added
-                self.digests = {m: d["digest"] for m, d in self.baseline.data["modules"].items()}
-            except ValueError as exc:
-                self.baseline_problem = f"before the first cell: {exc}"
         if index in self.stopped:
             cell.outputs = [self.stopped[index]]
             return cell, resources
@@ -288,109 +360,73 @@ class GuardedExecute(SlicedPolling, Execute):
         self._truncated = False
         self.timeout = max(1, min(self.cell_timeout, math.ceil(self.deadline - time.monotonic())))
         if is_test(cell) and cell.source.strip():
-            # Checked before (a patch that undoes itself inside the test) and after (one the test triggers).
-            before = handed_on or self._probe_or_flag(cell, index)
-            problems = self._changes(before, cell, index) if before and self.baseline else []
-            cell, resources = self._run(cell, resources, index)
-            after = self.returned or self._probe_or_flag(cell, index)
-            self.handed_on = after
-            if self.baseline_problem:
-                self._flag(cell, index, [self.baseline_problem])
-            elif before and after:
-                problems += [integrity.rewritten(cell.source, after), *self._changes(after, cell, index),
-                             *integrity.foreign_modules(self.baseline)]
-                self._flag(cell, index, list(dict.fromkeys(p for p in problems if p)))
+            cell, resources = self._run_test(cell, resources, index)
         else:
-            cell, resources = self._run(cell, resources, index)
-            self.handed_on = self.returned
-        self._after_timeout_check(cell)
+            cell, resources = super().preprocess_cell(cell, resources, index)
+            self._after_timeout_check(cell)
         self._shorten(cell)
         return cell, resources
 
-    def _run(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
-        """Run the cell. If a test cell comes next, or this is one, the cell's own request carries the probe, and
-        the kernel evaluates it right after the cell, as a probe sent on its own would be: one round trip less.
-        Its answer is left in `returned`; None when there is none (the kernel evaluates user expressions only
-        after a cell that raised no error), and then the caller sends the probe on its own."""
-        self.returned = None
-        if index in self.carriers:
-            self.attached = integrity.probe_expression(self.watched, False, self.course_imports, [])
-        try:
-            return super().preprocess_cell(cell, resources, index)
-        finally:
-            self.attached = None
+    def _run_test(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
+        """Run a test cell in the tests' kernel while the student's kernel serves its requests (proxy.py)."""
+        return run_sync(self._async_run_test)(cell, resources, index)
 
-    def on_cell_executed(self, **kwargs) -> None:
-        super().on_cell_executed(**kwargs)
-        if self.attached is not None:
+    async def _async_run_test(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
+        if self.tests_loading is not None:
+            await self._reply(self.tkc, self.tests_loading, self.startup_timeout, "load the tests' kernel")
+            self.tests_loading = None
+        names = sorted(split.names_read(cell.source) & self.notebook_names)
+        serving = self.kc.execute(split.call_code("serve"), silent=True, store_history=False)
+        try:
+            await self._reply(self.tkc, self.tkc.execute(split.call_code("bind", names, self.course_imports),
+                                                         silent=True, store_history=False), self.timeout,
+                              "bind the notebook's names")
+        except RuntimeError as exc:
+            cell.outputs = [error_output("NotebookUnreachable", "the test could not reach the notebook's names "
+                                         f"({exc})")]
+        else:
+            km, kc = self.km, self.kc
+            self.km, self.kc = self.tkm, self.tkc  # nbclient runs this cell, and records its outputs, there
             try:
-                self.returned = integrity.Probe.from_reply(kwargs["execute_reply"])
-            except ValueError:  # not evaluated, or it failed: a probe of its own will say why
-                self.returned = None
+                cell, resources = await self.async_execute_cell(cell, index, store_history=True), resources
+            finally:
+                self.km, self.kc = km, kc
+        timed_out = any(o.get("output_type") == "error" and o.get("ename") == "CellTimeoutError" for o in cell.outputs)
+        try:
+            await self._reply(self.tkc, self.tkc.execute(split.call_code("done"), silent=True, store_history=False),
+                              self.return_timeout, "end the test")
+        except RuntimeError:
+            pass  # the student's kernel is gone: found just below
+        await self._await_student(serving)
+        if timed_out:
+            raise KernelStopped("the test cell ran out of time")
+        return cell, resources
+
+    async def _await_student(self, serving: str) -> None:
+        """The student's kernel must return to its cells after a test cell (interrupted once if it does not)."""
+        for attempt in range(2):
+            try:
+                await self._reply(self.kc, serving, self.return_timeout, "serve the tests")
+                return
+            except RuntimeError:
+                return  # serving ended with an error (interrupted, or the channel broke): the kernel is back
+            except KernelStopped:
+                if not await ensure_async(self.km.is_alive()):
+                    raise DeadKernelError("Kernel died") from None
+                if attempt == 0:
+                    await ensure_async(self.km.interrupt_kernel())
+        raise KernelStopped("the notebook's code did not return after this test cell called it")
 
     def _after_timeout_check(self, cell: NotebookNode) -> None:
-        """A timed-out cell was interrupted; if the kernel is still busy, treat it as stopped."""
+        """A timed-out cell was interrupted; if the kernel does not answer now, treat it as stopped."""
         if any(o.get("output_type") == "error" and o.get("ename") == "CellTimeoutError" for o in cell.outputs):
             try:
-                self._probe(timeout=10)
+                run_sync(self._reply)(self.kc, self.kc.kernel_info(), 10, "answer after an interrupt")
             except Exception as exc:
                 raise KernelStopped(f"timed out and unresponsive: {exc}") from None
 
-    # --- integrity --------------------------------------------------------------------------------
-    def _changes(self, probe: integrity.Probe, cell: NotebookNode, index: int) -> list[str]:
-        """What changed since the baseline. A module whose digest differs from every state already
-        checked is listed in full by a second probe; a change found harmless (torch wrapping its own
-        functions) is remembered, so the next probes stay small."""
-        stale = [m for m, d in probe.data["modules"].items() if d["digest"] != self.digests.get(m)]
-        if stale:
-            detail = self._probe_or_flag(cell, index, detail=stale)
-            if detail is None:
-                return []
-            probe.data["modules"].update(detail.data["modules"])
-        problems = integrity.changes(self.baseline, probe)
-        if not problems:
-            self.digests.update({m: probe.data["modules"][m]["digest"] for m in stale})
-        return problems
-
-    async def _async_probe(self, import_them: bool = False, timeout: int | None = None,
-                           detail: list[str] | None = ()) -> integrity.Probe:
-        """Evaluate the probe in the kernel. `detail`: modules to list in full (() none, None all)."""
-        expression = integrity.probe_expression(self.watched, import_them, self.course_imports,
-                                                None if import_them else list(detail))
-        msg_id = self.kc.execute("", silent=True, store_history=False, user_expressions={"probe": expression})
-        deadline = time.monotonic() + (timeout or self.probe_timeout)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise KernelStopped("the kernel did not answer the integrity probe")
-            try:
-                msg = await self.kc.shell_channel.get_msg(timeout=remaining)
-            except Exception:
-                if not await self.kc.is_alive():
-                    raise DeadKernelError("Kernel died") from None
-                continue
-            if msg["parent_header"].get("msg_id") == msg_id:
-                return integrity.Probe.from_reply(msg)
-
-    _probe = run_sync(_async_probe)
-
-    def _probe_or_flag(self, cell: NotebookNode, index: int, detail: list[str] = ()) -> integrity.Probe | None:
-        try:
-            return self._probe(detail=detail)
-        except ValueError as exc:  # the probe ran but could not report: something it relies on is broken
-            self._flag(cell, index, [str(exc)])
-            return None
-
-    def _flag(self, cell: NotebookNode, index: int, problems: list[str]) -> None:
-        """Findings on a graded test cell: record them and make the cell fail, so it scores 0."""
-        if not problems:
-            return
-        for what in problems:
-            self._record(cell, index, what)
-        cell.outputs.append(error_output("IntegrityError", "; ".join(problems) + " -- this test cell scores 0"))
-
-    def _record(self, cell: NotebookNode, index: int, what: str, kind: str = "tamper") -> None:
-        """kind: 'tamper' (the tests may have been fooled) or 'failure' (the code broke the kernel or ran out of time)."""
+    def _record(self, cell: NotebookNode, index: int, what: str, kind: str = "failure") -> None:
+        """kind: 'failure' (the code broke the kernel or ran out of time) or 'note' (for the TA to know)."""
         gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", "")
         self.findings.append({"cell": gid or f"cell {index + 1}", "index": index, "kind": kind, "finding": what})
 
@@ -454,19 +490,6 @@ class GuardedExecute(SlicedPolling, Execute):
                 for key, value in out.get("data", {}).items():
                     if isinstance(value, str) and len(value) > n:
                         out.data[key] = value[:n] + " ... [truncated]"
-
-
-def probe_carriers(cells: list[NotebookNode]) -> set[int]:
-    """Indices of the cells whose request carries the integrity probe: every test cell, and the cell run just
-    before it (whose probe is the test's "before"; markdown and empty cells do not run)."""
-    carriers, last = set(), None
-    for i, cell in enumerate(cells):
-        if cell.cell_type != "code" or not cell.source.strip():
-            continue
-        if is_test(cell):
-            carriers |= {i} | ({last} if last is not None else set())
-        last = i
-    return carriers
 
 
 POLL_SLICE_SECONDS = 0.2

@@ -46,7 +46,7 @@ class GradeResult:
     error: str = ""  # empty when autograde succeeded
     cells: dict[str, tuple[float, float]] = field(default_factory=dict)
     manual: dict[str, tuple[float | None, float]] = field(default_factory=dict)  # grade_id -> (score or None, max)
-    findings: list[dict] = field(default_factory=list)  # {"cell", "kind": "tamper" | "failure", "finding"}
+    findings: list[dict] = field(default_factory=list)  # {"cell", "kind": "failure", "finding"}
     notes: list[str] = field(default_factory=list)  # graded, but a TA may want to know (extra files, ...)
     memory_mib: float = 0.0  # peak memory of the grading process and its largest kernel, when measured
 
@@ -63,8 +63,9 @@ class GradeResult:
         return sum(m for _, m in self.cells.values())
 
     @property
-    def tampering(self) -> list[dict]:
-        return [f for f in self.findings if f["kind"] == "tamper"]
+    def failures(self) -> list[dict]:
+        """Cells whose code stopped the kernel, ran out of time or was not run: for a TA to look at."""
+        return [f for f in self.findings if f["kind"] == "failure"]
 
     @property
     def lost(self) -> set[str]:

@@ -224,7 +224,7 @@ def to_html(report: Report) -> str:
     seconds = report.mean_seconds
     cells = [(c.cell, c.exercise, f"{c.points:g}", f"{100 * c.failure_rate:.0f}%", f"{c.failed} of {c.graded}",
               f"{c.mean:.2f}") for c in report.cells]
-    look = [(s.student, "not graded: " + s.reason if not s.graded else f"{s.findings} integrity finding(s)")
+    look = [(s.student, "not graded: " + s.reason if not s.graded else f"{s.findings} cell(s) stopped the kernel or ran out of time")
             for s in report.to_look_at]
     summary = (f"{len(report.students)} students, {len(graded)} graded; mean score {mean:.1f} of {report.max_score:g} "
                f"autograded points; "

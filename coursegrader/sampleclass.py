@@ -3,10 +3,11 @@
 Per assignment: `reference` hands in the solution, `blank` hands in the release untouched, and
 `mistakes-<r>` hands in the solution with round r of the wrong-answer catalogue written in (see
 catalogue.group_into_rounds). With `exact=True` every wrong answer is handed in alone instead.
-The demo adds two hostile students: `tamper` blanks every later cell that asserts (an IPython input
-transformer) and must score 0 with every test cell in the integrity report; `crash` kills its kernel
-in one solution cell and must lose that exercise's test cells, and those that call the function it never
-defined, while the rest of the notebook is graded.
+The demo adds two hostile students: `tamper` hands in the blank release with a cell that blanks every later
+cell that asserts (an IPython input transformer) and must score 0, as the blank does: the test cells run in a
+kernel of their own, which the transformer never reaches; `crash` kills its kernel in one solution cell and
+must lose that exercise's test cells, and those that call the function it never defined, while the rest of
+the notebook is graded.
 """
 
 from __future__ import annotations
@@ -51,11 +52,11 @@ def as_expected(sub: Submission, res: GradeResult) -> bool:
     if sub.blank:
         return res.score == 0 and not any(s for s, _ in res.manual.values())
     if sub.tamper:
-        return res.score == 0 and {f["cell"] for f in res.tampering} == set(res.cells)
+        return res.score == 0 and not res.findings
     if sub.crash:  # its exercise's tests fail (so may tests that use the function it never defined); the rest is graded
         died = any(f["cell"] == sub.crash and f["kind"] == "failure" for f in res.findings)
-        return died and sub.crash_fails <= res.lost and res.score > 0 and not res.tampering
-    return res.lost == sub.expected_lost and not res.tampering and set(res.waiting) == set(res.manual)
+        return died and sub.crash_fails <= res.lost and res.score > 0
+    return res.lost == sub.expected_lost and not res.failures and set(res.waiting) == set(res.manual)
 
 
 def reference_answers(source_nb) -> dict[str, str]:
@@ -82,7 +83,7 @@ def plan(course: Course, aid: str, exact: bool = False, hostile: bool = False) -
 def hand_in(course: Course, root: Path, sub: Submission) -> None:
     """Write the submission's notebook into root/submitted/<student>/<aid>/, as a student would."""
     release_nb = read_notebook(root / "release" / sub.assignment / f"{sub.assignment}.ipynb")
-    answers = {} if sub.blank else reference_answers(read_notebook(course.source_notebook(sub.assignment)))
+    answers = {} if sub.blank or sub.tamper else reference_answers(read_notebook(course.source_notebook(sub.assignment)))
     answers.update({w.cell: w.code for w in sub.wrong})
     if sub.crash:
         answers[sub.crash] += "\nimport os\nos._exit(1)"

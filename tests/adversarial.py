@@ -39,7 +39,6 @@ class Case:
     write: Callable[[Path, Path], None]  # (release notebook, submission folder) -> writes the folder
     scores: dict[str, float] | None = None  # test cell -> points; None: not graded
     reason: str = ""  # for a submission that cannot be graded: part of the reason given
-    tampered: set[str] = field(default_factory=set)  # test cells the integrity report must flag
     failed: set[str] = field(default_factory=set)  # cells the report must name as stopping the kernel
     note: str = ""  # part of a note the row must carry
     max_seconds: float | None = None  # the longest this student may hold a grading worker
@@ -189,9 +188,101 @@ numpy.allclose = lambda *a, **k: True
 runpy.run_module("ipykernel_launcher", run_name="__main__")
 """
 
-# A class whose name moves the terminal's cursor up and erases a line: the integrity report names it.
-ANSI_CLASS = ('Sneaky = type("\\x1b[1A\\x1b[2K\\rAllFine", (set,), {"__hash__": None, "__eq__": lambda s, o: True})\n'
-              'answer_quiz = Sneaky({"a"})')
+# A file whose name moves the terminal's cursor up and erases a line: the student's row names it.
+ANSI_NAME = "\x1b[1A\x1b[2K\rAllFine.txt"
+
+
+# --- the holes of tests that run in the student's own process (found by a red-team review): each is harmless
+# once the tests run in a kernel of their own (proxy.py), and scores what its answers deserve.
+
+# Answers every request that holds an assert as if it passed: the test cell never runs in this kernel.
+SKIP_TESTS = """
+_kernel = get_ipython().kernel
+_run = _kernel.do_execute
+async def _skip(code, silent, *args, **kwargs):
+    if "assert" in code:
+        code = "pass"
+    return await _run(code, silent, *args, **kwargs)
+_kernel.do_execute = _skip"""
+
+# A patch applied while the hidden test runs and removed as the test cell's frame returns, by a trace function.
+PATCH_IN_TEST = """
+import sys
+import numpy
+def double(x):
+    original, caller = numpy.allclose, sys._getframe(1)
+    numpy.allclose = lambda *a, **k: True
+    def tracer(frame, event, arg):
+        if frame is caller and event == "return":
+            numpy.allclose = original
+            sys.settrace(None)
+        return tracer
+    caller.f_trace = tracer
+    sys.settrace(tracer)
+    return 2"""
+
+# An assert-removing AST transformer that declares itself part of the standard library.
+LYING_TRANSFORMER = """
+import ast
+class NodeTransformer(ast.NodeTransformer):
+    def visit_Assert(self, node):
+        return ast.Pass()
+NodeTransformer.__module__ = "ast"
+get_ipython().ast_transformers.append(NodeTransformer())"""
+
+# A quiz answer that claims to be a set (isinstance believes __class__) and equals everything.
+LYING_SET = """
+class Liar:
+    __class__ = property(lambda self: set)
+    __hash__ = None
+    def __eq__(self, other):
+        return True
+    def __le__(self, other):
+        return True
+    def __len__(self):
+        return 1
+    def __iter__(self):
+        return iter(["a"])
+answer_quiz = Liar()"""
+
+# Looks up the stack for the hidden test's own reference helper and returns what it computes.
+CALLER_GLOBALS = """
+import sys
+def double(x):
+    for depth in range(1, 8):
+        try:
+            helper = sys._getframe(depth).f_globals.get("_twice")
+        except ValueError:
+            break
+        if helper is not None:
+            return helper(x)
+    return 2"""
+
+# Records the source of whatever calls it (the test cell, when the test runs in this kernel)...
+RECORD_CALLER = """
+import linecache
+import sys
+seen_source = []
+def double(x):
+    seen_source.extend(linecache.getlines(sys._getframe(1).f_code.co_filename))
+    return 2 * np.asarray(x)"""
+
+# ... and a last cell prints every record of executed code the kernel keeps.
+PRINT_HISTORY = """
+import linecache
+_ip = get_ipython()
+print("IN", *In, sep="\\n")
+print("IH", *_ih, sep="\\n")
+print("SESSION", *(src for _, _, src in _ip.history_manager.get_range(output=False)), sep="\\n")
+print("LINECACHE", *("".join(entry[2]) for entry in list(linecache.cache.values()) if len(entry) > 2), sep="\\n")
+print("CALLER", "".join(seen_source))"""
+
+# An exception whose message quotes the caller's source: it reaches the feedback as the test's message.
+QUOTE_CALLER = """
+import linecache
+import sys
+def double(x):
+    raise ValueError("".join(linecache.getlines(sys._getframe(1).f_code.co_filename)) or "no source")"""
 
 
 def snoop_cell(paths: dict[str, str], config: str, port: int) -> str:
@@ -217,48 +308,48 @@ def cases(root: Path, port: int) -> list[Case]:
         Case("cheat-transformer", hand_in(WRONG, [("", """
             get_ipython().input_transformers_post.append(
                 lambda lines: [] if any("assert" in line for line in lines) else lines)""")]),
-             ZERO, tampered={"test_double", "test_answer_quiz"}),
+             ZERO),
         Case("cheat-ast", hand_in(WRONG, [("", """
             import ast
             class NoAsserts(ast.NodeTransformer):
                 def visit_Assert(self, node):
                     return ast.Pass()
             get_ipython().ast_transformers.append(NoAsserts())""")]),
-             ZERO, tampered={"test_double", "test_answer_quiz"}),
+             ZERO),
         Case("cheat-allclose", hand_in({**RIGHT, "double": WRONG["double"]}, [("", "np.allclose = lambda *a, **k: True")]),
-             ZERO, tampered={"test_double", "test_answer_quiz"}),
+             ONLY_QUIZ),
         Case("cheat-builtins", hand_in(RIGHT, [("test_answer_quiz", "import builtins\nbuiltins.abs = lambda x: 0")]),
-             ONLY_DOUBLE, tampered={"test_answer_quiz"}),
+             FULL),
         Case("cheat-sys-modules", hand_in(RIGHT, [("", "import sys, types\nsys.modules['numpy'] = types.ModuleType('numpy')")]),
-             ZERO, tampered={"test_double", "test_answer_quiz"}),
+             FULL),
         Case("cheat-showtraceback", hand_in(WRONG, [("", "get_ipython().showtraceback = lambda *a, **k: None")]),
-             ZERO, tampered={"test_double", "test_answer_quiz"}),
+             ZERO),
         Case("cheat-custom-exc", hand_in(WRONG, [("", "get_ipython().set_custom_exc((AssertionError,), lambda *a, **k: None)")]),
-             ZERO, tampered={"test_double", "test_answer_quiz"}),
+             ZERO),
         Case("cheat-event", hand_in(RIGHT, [("", "get_ipython().events.register('pre_run_cell', lambda *a: None)")]),
-             ZERO, tampered={"test_double", "test_answer_quiz"}),
+             FULL),
         Case("cheat-settrace", hand_in(RIGHT, [("", "import sys\nsys.settrace(lambda *a: None)")]),
-             ZERO, tampered={"test_double", "test_answer_quiz"}),
+             FULL),
         Case("cheat-fake-np", hand_in({**RIGHT, "double": WRONG["double"]}, [("test_double", """
             class FakeNumpy:
                 def __getattr__(self, name):
                     return getattr(__import__("numpy"), name)
                 def allclose(self, *args, **kwargs):
                     return True
-            np = FakeNumpy()""")]), ZERO, tampered={"test_double", "test_answer_quiz"}),
+            np = FakeNumpy()""")]), ONLY_QUIZ),
         Case("cheat-defaults", hand_in({**RIGHT, "double": WRONG["double"]}, [("test_double", """
             np.allclose._implementation.__defaults__ = (1e9, 1e9, False)""")]),
-             ZERO, tampered={"test_double", "test_answer_quiz"}),
+             ONLY_QUIZ),
         Case("cheat-submodule", hand_in({**RIGHT, "double": WRONG["double"]}, [("test_double", """
             import numpy._core.numeric as numeric
             numeric.isclose = lambda *a, **k: True""")]),
-             ZERO, tampered={"test_double", "test_answer_quiz"}),
+             ONLY_QUIZ),
         Case("cheat-one-shot", hand_in({**RIGHT, "double": WRONG["double"]}, [("test_double", """
             original = np.allclose
             def once(*args, **kwargs):
                 np.allclose = original  # undoes itself inside the hidden test, before the check after it
                 return True
-            np.allclose = once""")]), ONLY_QUIZ, tampered={"test_double"}),
+            np.allclose = once""")]), ONLY_QUIZ),
         Case("cheat-thread", hand_in({**RIGHT, "double": WRONG["double"]}, [("test_double", """
             import threading, time
             original = np.allclose
@@ -266,7 +357,7 @@ def cases(root: Path, port: int) -> list[Case]:
             def undo():  # hides the patch from a check made long after the test
                 time.sleep(20)
                 np.allclose = original
-            threading.Thread(target=undo, daemon=True).start()""")]), ZERO, tampered={"test_double", "test_answer_quiz"}),
+            threading.Thread(target=undo, daemon=True).start()""")]), ONLY_QUIZ),
         Case("cheat-oracle", hand_in(WRONG, [("", """
             import ast as _ast, re
             _ip = get_ipython()
@@ -281,7 +372,7 @@ def cases(root: Path, port: int) -> list[Case]:
                     _ip.events.unregister("pre_run_cell", _pre)
                     _ip.events.unregister("post_run_cell", _post)
             _ip.events.register("pre_run_cell", _pre)
-            _ip.events.register("post_run_cell", _post)""")]), ZERO, tampered={"test_double", "test_answer_quiz"}),
+            _ip.events.register("post_run_cell", _post)""")]), ZERO),
         Case("cheat-compile", hand_in(WRONG, [("", """
             import ast
             _c = get_ipython().compile
@@ -290,7 +381,7 @@ def cases(root: Path, port: int) -> list[Case]:
                 def visit_Assert(self, node):
                     return ast.Pass()
             _c.ast_parse = lambda *a, **k: ast.fix_missing_locations(_NoAsserts().visit(_parse(*a, **k)))""")]),
-             ZERO, tampered={"test_double", "test_answer_quiz"}),
+             ZERO),
         Case("cheat-drop-errors", hand_in(WRONG, [("", """
             _sess = get_ipython().displayhook.session
             _send = _sess.send
@@ -304,7 +395,7 @@ def cases(root: Path, port: int) -> list[Case]:
                             content.pop(key, None)
                         content["status"] = "ok"
                 return _send(stream, msg_or_type, *a, **k)
-            _sess.send = _quiet""")]), ZERO, tampered={"test_double", "test_answer_quiz"}),
+            _sess.send = _quiet""")]), ZERO),
         Case("cheat-fake-import", hand_in({**RIGHT, "double": WRONG["double"]}, [("test_double", """
             import builtins as _b
             _orig_allclose = np.allclose
@@ -321,22 +412,30 @@ def cases(root: Path, port: int) -> list[Case]:
                         np.allclose = _fake_allclose
             def __import__(name, *a, **k):
                 return _FakeB() if name == "builtins" else _b.__import__(name, *a, **k)""")]),
-             ZERO, tampered={"test_double", "test_answer_quiz"}),
+             ONLY_QUIZ),
         Case("cheat-formatter", hand_in({**RIGHT, "double": WRONG["double"]}, [("test_double", """
             np.allclose = lambda *a, **k: True
             def _fix(s, p, cycle):  # rewrites what the kernel reports about itself
                 p.text(repr(s.replace("allclose", "allclose_")))
             get_ipython().display_formatter.formatters["text/plain"].for_type(str, _fix)""")]),
-             ZERO, tampered={"test_double", "test_answer_quiz"}),
+             ONLY_QUIZ),
         Case("cheat-set-subclass", hand_in({**RIGHT, "answer_quiz": (
             "class AlwaysEqual(set):\n    __hash__ = None\n    def __eq__(self, other):\n        return True\n"
-            "answer_quiz = AlwaysEqual({'a'})")}), ONLY_DOUBLE, tampered={"test_answer_quiz"}),
+            "answer_quiz = AlwaysEqual({'a'})")}), ONLY_DOUBLE),
         Case("cheat-array-function", hand_in({**RIGHT, "double": (
             "class Agreeable(np.ndarray):\n    def __array_function__(self, func, types, args, kwargs):\n"
             "        return True\n"
             "def double(x):\n    return (2 * np.asarray(x) + 1).view(Agreeable) if np.ndim(x) else 2 * x")}),
-             ZERO, tampered={"test_double", "test_answer_quiz"}),
-        Case("cheat-ansi-class", hand_in({**RIGHT, "answer_quiz": ANSI_CLASS}), ONLY_DOUBLE, tampered={"test_answer_quiz"}),
+             ONLY_QUIZ),
+        Case("odd-ansi-file", hand_in(RIGHT, files={ANSI_NAME: b"notes"}), FULL, note="AllFine.txt"),
+        # --- what fooled tests that ran in the student's process; now the tests run in a kernel of their own
+        Case("cheat-skip-tests", hand_in(WRONG, [("", SKIP_TESTS)]), ZERO),
+        Case("cheat-patch-in-test", hand_in({**RIGHT, "double": PATCH_IN_TEST}), ONLY_QUIZ),
+        Case("cheat-lying-transformer", hand_in(WRONG, [("", LYING_TRANSFORMER)]), ZERO),
+        Case("cheat-lying-set", hand_in({**RIGHT, "answer_quiz": LYING_SET}), ONLY_DOUBLE),
+        Case("cheat-caller-globals", hand_in({**RIGHT, "double": CALLER_GLOBALS}), ONLY_QUIZ),
+        Case("snoop-history", hand_in({**RIGHT, "double": RECORD_CALLER}, edit=_append(PRINT_HISTORY)), FULL),
+        Case("snoop-exception", hand_in({**RIGHT, "double": QUOTE_CALLER}), ONLY_QUIZ),
         # --- files handed in beside the notebook: never on the kernel's import path, and named in the row
         Case("cheat-numpy-py", hand_in(WRONG, files={"numpy.py": FAKE_NUMPY}), ZERO, note="numpy.py (module numpy)"),
         Case("shadow-launcher", hand_in({**RIGHT, "double": WRONG["double"]}, files={"ipykernel_launcher.py": FAKE_LAUNCHER}),

@@ -24,6 +24,8 @@ from conftest import NO_SANDBOX, SANDBOX, TRUSTED, needs_sandbox
 from toycourse import make_toy_course
 
 from coursegrader import autograde
+from coursegrader.feedback import feedback_leaks, hidden_test_lines
+from coursegrader.notebooks import read_notebook
 from coursegrader.table import uncell
 from coursegrader.course import Course
 from coursegrader.grading import Grader
@@ -91,8 +93,8 @@ def test_student_gets_what_they_should(graded, student):
     scores = {gid: s for gid, (s, _) in res.cells.items()}
     assert scores == case.scores, f"{student}: scored {scores}, should score {case.scores}"
     assert res.max_score == sum(FULL.values()), f"{student}: out of {res.max_score}, not {sum(FULL.values())}"
-    tampered = {f["cell"] for f in res.findings if f["kind"] == "tamper"}
-    assert tampered == case.tampered, f"{student}: integrity report flags {tampered}, should flag {case.tampered}"
+    tampered = [f for f in res.findings if f["kind"] not in ("failure", "note")]
+    assert not tampered, f"{student}: unexpected findings {tampered}"
     failed = {f["cell"] for f in res.findings if f["kind"] == "failure"}
     assert failed == case.failed, f"{student}: cells reported as stopping the kernel {failed}, expected {case.failed}"
     if case.note:
@@ -131,6 +133,24 @@ def test_snoop_reads_everything_without_the_sandbox(tmp_path, listener):
     line = next(line for line in _outputs(root, "control").splitlines() if line.startswith("SNOOP "))
     seen = json.loads(line[len("SNOOP "):])
     assert seen["secret"] == "READ" and seen["loopback"] == "CONNECTED", seen
+
+
+@needs_sandbox
+def test_no_hidden_test_reaches_the_student(graded):
+    """The tests run in a kernel of their own: no record the student's kernel keeps (input history, linecache, the
+    caller's frame) holds a hidden test, so neither the student's outputs nor their feedback can show one."""
+    root = graded[0]
+    source = read_notebook(root / "source" / "toy" / "toy.ipynb")
+    hidden = hidden_test_lines(source)
+    assert "_twice = lambda v: 2 * np.asarray(v)  # a reference helper: a student's code must not reach it" in hidden
+    printed = _outputs(root, "snoop-history")
+    assert "CALLER" in printed and "IN" in printed, printed[:500]
+    assert not [line for line in hidden if line in printed], "a hidden test reached the student's kernel"
+    Grader(Course.load(root), root).feedback("toy")
+    for student in ("snoop-history", "snoop-exception", "cheat-caller-globals"):
+        page = (root / "feedback" / student / "toy" / "toy.html").read_text(encoding="utf-8")
+        submitted = read_notebook(root / "submitted" / student / "toy" / "toy.ipynb")
+        assert not feedback_leaks(source, page, submitted), f"{student}'s feedback shows a hidden test"
 
 
 @needs_sandbox
@@ -180,12 +200,12 @@ def test_every_student_has_a_row_in_the_reports(graded):
         assert gb.find_submission("toy", "bad-json").score == 0, "an ungradable submission gets a row of zeros"
     if not SANDBOX:
         return
-    assert int(rows["cheat-transformer"]["integrity_findings"]) >= 2
+    assert int(rows["crash-exit"]["integrity_findings"]) == 1 and int(rows["cheat-transformer"]["integrity_findings"]) == 0
     with (root / "reports" / "toy" / "integrity.csv").open() as f:
         findings = list(csv.DictReader(f))
-    flagged = {(row["student"], row["cell"]) for row in findings if row["kind"] == "tamper"}
-    assert ("cheat-allclose", "test_double") in flagged
-    assert "Integrity report" in report and "cheat-ast" in report
+    assert {row["kind"] for row in findings} <= {"failure", "note"}, "a finding of another kind"
+    assert ("crash-exit", "double") in {(row["student"], row["cell"]) for row in findings}
+    assert "Integrity report" in report and "crash-segfault" in report
     assert "\x1b" not in report and "\r" not in report, "student text reached the terminal with its control characters"
     assert "\\x1b[2K" in report, "the escape sequence in a student's class name must be shown, escaped"
     assert all("\x1b" not in value for row in findings for value in row.values())

@@ -65,7 +65,8 @@ def serial(tmp_path_factory):
     outcome = autograde.run(Course.load(root), "toy", jobs=1)
     assert sorted(rows(outcome)) == STUDENTS
     assert rows(outcome)["reference"][1] == {"test_double": (2.0, 2.0), "test_answer_quiz": (1.0, 1.0)}
-    assert rows(outcome)["tamper"][2], "the tamperer must be flagged, or this class tests too little"
+    assert rows(outcome)["crash"][2], "the crash must be flagged, or this class tests too little"
+    assert rows(outcome)["tamper"][1] == {"test_double": (0.0, 2.0), "test_answer_quiz": (0.0, 1.0)}, "a tamperer gains nothing"
     written = snapshot(sqlite_url(root), "toy")
     assert sorted(written) == STUDENTS and all(s["submissions"] == 1 for s in written.values())
     return outcome, written
@@ -80,7 +81,7 @@ def test_parallel_grading_writes_what_serial_grading_writes(serial, tmp_path):
     assert snapshot(sqlite_url(root), "toy") == written, "two workers wrote other gradebook rows than one"
     assert 0 < parallel.peak_memory_mib < 1536, f"a worker peaked at {parallel.peak_memory_mib:.0f} MiB"
     summary = autograde.format_summary(parallel)
-    assert "7 of 8 graded" in summary and "2 worker(s)" in summary and "flagged by the integrity check: tamper" in summary
+    assert "7 of 8 graded" in summary and "2 worker(s)" in summary and "flagged by the integrity check: crash" in summary
 
 
 def test_two_graders_at_once_then_again_leave_one_consistent_gradebook(serial, tmp_path):

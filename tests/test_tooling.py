@@ -253,8 +253,8 @@ def test_demo_grades_gives_feedback_and_exports(tmp_path):
     assert 'id="histogram"' in page and f"{n} students, {n} graded" in page, "the demo must write each grade report"
     if SANDBOX:  # the hostile students
         assert "tamper      0/3" in result.stdout and "crash       1/3" in result.stdout
-        assert "Integrity report" in result.stdout and "toy/tamper  test_double" in result.stdout
-        assert "tamper" in page.split("Students to look at")[1], "the flagged student belongs under 'Students to look at'"
+        assert "Integrity report" in result.stdout and "toy/crash" in result.stdout
+        assert "crash" in page.split("Students to look at")[1], "the flagged student belongs under 'Students to look at'"
 
 @pytest.mark.parametrize("lecturer", [False, True])
 def test_lab_opens_release_for_a_student_and_source_for_a_lecturer(course, tmp_path, lecturer):
@@ -281,36 +281,45 @@ def test_lab_opens_release_for_a_student_and_source_for_a_lecturer(course, tmp_p
         assert "@jupyter/nbgrader:validate-assignment" not in disabled, "students keep the Validate button"
 
 
-# --- integrity ----------------------------------------------------------------------------------
+# --- the tests' kernel: which names a test takes from the notebook ----------------------------------
 
-PROBE_BOTH_WAYS = """
-import json
+LOAD_CHANNEL = """
+import json, socket, sys
 from IPython.core.interactiveshell import InteractiveShell
-from coursegrader import integrity
+from coursegrader import split, proxy
 shell = InteractiveShell.instance()
-shell.run_cell("import numpy as np")
-def probe():
-    reply = shell.user_expressions({"probe": integrity.probe_expression(["builtins", "numpy"], False, {"np": ["numpy", None]}, [])})
-    return integrity.Probe.from_reply({"content": {"user_expressions": reply}}).data
-compiled = probe()
-sent_compiled = "fromhex" in integrity.probe_expression(["numpy"], False)
-integrity.MAGIC_NUMBER = b"none"  # a kernel of another Python: it compiles the source that goes along
-integrity._expression.cache_clear()
-print(json.dumps([compiled == probe(), sorted(compiled["modules"]), "out" in shell.user_ns, sent_compiled]))
+before = set(shell.user_ns)
+a, b = socket.socketpair()
+result = shell.run_cell(split.load_code(b.fileno(), proxy.STUDENT))
+module = sys.modules.get(proxy.MODULE)
+print(json.dumps([result.success, sorted(set(shell.user_ns) - before), module is not None and module.PEER.side]))
 """
 
 
-def test_the_probe_answers_the_same_compiled_or_from_source():
-    """The probe travels as compiled code (2 ms less per probe in the kernel) with its source for a kernel of
-    another Python version; both must report the same, through IPython's user expressions, and leave the
-    notebook's namespace alone."""
+def test_the_channel_loads_as_a_module_and_binds_no_name_in_the_notebook():
     import json
 
-    done = subprocess.run([sys.executable, "-c", PROBE_BOTH_WAYS], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", LOAD_CHANNEL], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert done.returncode == 0, done.stderr
-    same, modules, leaked, sent_compiled = json.loads(done.stdout.strip().splitlines()[-1])
-    assert sent_compiled, "a kernel of this Python must be sent the compiled probe"
-    assert same, "the probe compiled and the probe from source disagree"
-    assert modules == ["builtins", "numpy"], modules
-    assert not leaked, "the probe's variables leaked into the notebook's namespace"
+    ok, added, side = json.loads(done.stdout.strip().splitlines()[-1])
+    assert ok and side == "S", done.stdout
+    assert [n for n in added if not n.startswith("_")] == [], f"loading the channel bound {added} in the notebook"
+
+
+def test_a_test_takes_from_the_notebook_only_names_the_source_defines(tmp_path):
+    from coursegrader import split
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import numpy as np\nfrom torch import nn\nDATA = [1]\nfor i in range(2):\n    pass"),
+                nbformat.v4.new_code_cell("def double(x):\n    inner = 2\n    return inner * x\nclass Model:\n    attr = 1"),
+                nbformat.v4.new_code_cell("_expected = 4\nassert double(2) == _expected")]
+    nb.cells[2].metadata["nbgrader"] = {"grade": True, "solution": False, "locked": True, "points": 1,
+                                        "grade_id": "test_double", "schema_version": 3}
+    path = tmp_path / "source.ipynb"
+    nbformat.write(nb, str(path))
+    names = split.notebook_names(str(path), path.stat().st_mtime_ns)
+    assert names == {"np", "nn", "DATA", "i", "double", "Model"}, names
+    read = split.names_read("_expected = f(DATA)\nprint(len(np.zeros(3)), In, _i3, double, _expected)")
+    assert read == {"f", "DATA", "np", "double", "_expected"}, read
+    assert "_expected" not in names, "a name only a test defines is never fetched from the student"

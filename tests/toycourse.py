@@ -75,7 +75,9 @@ def toy_notebook() -> nbformat.NotebookNode:
         tests("test_double", 2, '''
             assert double(1) == 2, "double(1) should be 2"
             ### BEGIN HIDDEN TESTS
+            _twice = lambda v: 2 * np.asarray(v)  # a reference helper: a student's code must not reach it
             assert np.allclose(double(np.arange(5)), np.arange(0, 10, 2)), "double must work elementwise"
+            assert np.allclose(double(np.arange(3.0)), _twice(np.arange(3.0))), "double must work on floats"
             ### END HIDDEN TESTS
         '''),
         solution("answer_quiz", '''
