@@ -29,6 +29,7 @@ import builtins
 import importlib
 import json
 import math
+import operator
 import socket
 import struct
 import sys
@@ -47,8 +48,11 @@ NUMPY_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
 # Modules a handle may name to be imported on the receiving side instead of proxied (the receiver imports its own).
 IMPORTABLE = ("numpy", "torch", "math", "cmath", "random", "statistics", "itertools", "functools", "collections",
               "operator", "matplotlib", "scipy", "ipywidgets", "time", "string", "re", "json", "typing")
+# Operators a handle supports (== and != compare handles by identity, so that they can be dict keys).
+BINARY_OPS = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "lt", "le", "gt", "ge")
+UNARY_OPS = ("neg", "pos", "abs")
 # Operations a handle supports; the tests side answers only "call" (and "done"), the student side all of them.
-STUDENT_OPS = ("lookup", "assign", "call", "backward", "getattr", "setattr", "getitem", "setitem", "len", "iter", "next",
+STUDENT_OPS = ("lookup", "assign", "call", "backward", "binop", "unop", "getattr", "setattr", "getitem", "setitem", "len", "iter", "next",
                "repr", "str", "bool", "contains", "isinstance")
 TESTS_OPS = ("call", "backward")
 
@@ -141,6 +145,15 @@ class Remote:
         text = self._peer.request("str", obj=self)
         return text[:MAX_TEXT] if isinstance(text, str) else "<the student's object>"
 
+    def __neg__(self):
+        return self._peer.request("unop", name="neg", obj=self)
+
+    def __pos__(self):
+        return self._peer.request("unop", name="pos", obj=self)
+
+    def __abs__(self):
+        return self._peer.request("unop", name="abs", obj=self)
+
     def __instancecheck__(self, obj):  # isinstance(x, handle_on_a_class)
         return self._peer.request("isinstance", obj=obj, cls=self) is True
 
@@ -173,6 +186,19 @@ class Unavailable:
 
     def __repr__(self):
         return f"<unavailable: {self._why}>"
+
+
+def _binary(name: str, reflected: bool = False):
+    """A Remote's operator: the object's own operator, applied where it lives."""
+    if reflected:
+        return lambda self, other: self._peer.request("binop", name=name, left=other, right=self)
+    return lambda self, other: self._peer.request("binop", name=name, left=self, right=other)
+
+
+for _name in BINARY_OPS:
+    setattr(Remote, f"__{_name}__", _binary(_name))
+    if _name not in ("lt", "le", "gt", "ge"):
+        setattr(Remote, f"__r{_name}__", _binary(_name, reflected=True))
 
 
 class Peer:
@@ -555,6 +581,8 @@ class Peer:
             return None, []
         if op == "backward":
             return self._backward(arg("key"), arg("grads")), []
+        if op == "binop":
+            return getattr(operator, _choice(arg("name"), BINARY_OPS))(arg("left"), arg("right")), []
         obj = arg("obj")
         if op == "call":
             args = self.decode(message.get("args"), buffers, 0, inputs)
@@ -592,6 +620,8 @@ class Peer:
             return arg("item") in obj, []
         if op == "isinstance":
             return isinstance(obj, arg("cls")), []
+        if op == "unop":
+            return getattr(operator, _choice(arg("name"), UNARY_OPS))(obj), []
         raise PermissionError(op)
 
     def _backward(self, key, grads) -> list:

@@ -228,3 +228,33 @@ def test_the_tests_side_rejects_malformed_data(value, why):
         tests.decode(message["value"], buffers)
     a.close()
     b.close()
+
+
+def test_operators_on_handles_run_where_the_object_lives(sides):
+    tests, ns = sides
+
+    class Num:
+        def __init__(self, v):
+            self.v = v
+
+        def __add__(self, other):
+            return Num(self.v + (other.v if isinstance(other, Num) else other))
+
+        __radd__ = __add__
+
+        def __mul__(self, other):
+            return Num(self.v * (other.v if isinstance(other, Num) else other))
+
+        __rmul__ = __mul__
+
+        def __neg__(self):
+            return Num(-self.v)
+
+        def __lt__(self, other):
+            return self.v < other
+
+    (make,) = fetch(tests, ns, Num=Num)
+    a = make(2.0)
+    assert (2.0 * a + a).v == 6.0 and (-a).v == -2.0 and (a < 3) is True
+    assert a == a and a != make(2.0), "handles compare by identity"
+    assert {a: 1}[a] == 1
