@@ -329,6 +329,8 @@ class GuardedExecute(SlicedPolling, Execute):
 
     def _why_stopped(self, exc: Exception) -> str:
         code = self.exit_code
+        if isinstance(exc, KernelStopped) and str(exc).startswith(("this test cell", "the code this test cell")):
+            return f"{exc}; the notebook was graded again without it"
         if time.monotonic() >= self.deadline - 1:
             return (f"the notebook reached its time limit ({self.limit:g} s) in this cell and the kernel did not "
                     "stop when interrupted")
@@ -399,7 +401,7 @@ class GuardedExecute(SlicedPolling, Execute):
             pass  # the student's kernel is gone: found just below
         await self._await_student(serving)
         if timed_out:
-            raise KernelStopped("the test cell ran out of time")
+            raise KernelStopped(f"this test cell did not finish within {self.timeout} s")
         return cell, resources
 
     async def _await_student(self, serving: str) -> None:
@@ -415,7 +417,7 @@ class GuardedExecute(SlicedPolling, Execute):
                     raise DeadKernelError("Kernel died") from None
                 if attempt == 0:
                     await ensure_async(self.km.interrupt_kernel())
-        raise KernelStopped("the notebook's code did not return after this test cell called it")
+        raise KernelStopped("the code this test cell called did not return, even when interrupted")
 
     def _after_timeout_check(self, cell: NotebookNode) -> None:
         """A timed-out cell was interrupted; if the kernel does not answer now, treat it as stopped."""

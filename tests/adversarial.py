@@ -475,6 +475,12 @@ def cases(root: Path, port: int) -> list[Case]:
         Case("crash-loop-no-interrupt", hand_in({**RIGHT, "double": (
             "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass\n" + RIGHT["double"])}),
              ONLY_QUIZ, failed={"double"}),
+        # --- ... also when a test calls it: the test cell fails, the notebook is graded again without it
+        Case("crash-in-test", hand_in({**RIGHT, "double": "def double(x):\n    import os\n    os._exit(1)"}), ONLY_QUIZ,
+             failed={"test_double"}),
+        Case("crash-hang-in-test", hand_in({**RIGHT, "double": (
+            "def double(x):\n    import signal\n    signal.signal(signal.SIGINT, signal.SIG_IGN)\n    while True:\n"
+            "        pass")}), ONLY_QUIZ, failed={"test_double"}),
         Case("crash-memory", hand_in(RIGHT, [("", "hoard = [bytes(2**30) for _ in range(64)]")]), FULL),
         Case("crash-forkbomb", hand_in(RIGHT, [("", "import os\nwhile True:\n    os.fork()")]), FULL, failed={"cell 3"}),
         Case("crash-disk", hand_in(RIGHT, [("", "with open('big.bin', 'wb') as f:\n    f.write(bytes(300 * 2**20))")]),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from adversarial import FULL, RIGHT, WRONG, Case, cases, hand_in, snoop_cell
+from adversarial import FULL, RIGHT, Case, cases, hand_in, snoop_cell
 from conftest import NO_SANDBOX, SANDBOX, TRUSTED, needs_sandbox
 from toycourse import make_toy_course
 
@@ -300,35 +300,6 @@ def test_honest_grades_equal_plain_nbgrader(tmp_path):
                                   for nb in gb.find_submission("toy", sub.student).notebooks for g in nb.grades}
     assert ours == plain
     assert ours["reference"] == {"test_double": (2.0, 2.0), "test_answer_quiz": (1.0, 1.0)}
-
-
-def test_probes_ride_on_the_cells_of_an_honest_notebook(tmp_path, monkeypatch):
-    """A test cell and the cell before it carry the integrity probe in their own requests, so an honest notebook
-    costs one probe round trip (the baseline) and no more; a test that fails gets probes of its own and is graded
-    as before. (Speed: each round trip is about 20 ms, and a notebook has about 30 of them to save.)"""
-    from jupyter_core.utils import run_sync
-
-    from coursegrader.execution import GuardedExecute
-
-    root = make_course(tmp_path / "course")
-    for student, answers in (("honest", RIGHT), ("wrong", {**RIGHT, "double": WRONG["double"]})):
-        hand_in(answers)(root / "release" / "toy" / "toy.ipynb", root / "submitted" / student / "toy")
-    sent: list[str] = []
-    original = GuardedExecute._async_probe
-
-    async def counted(self, import_them=False, timeout=None, detail=()):
-        sent.append("baseline" if import_them else "detail" if detail else "probe")
-        return await original(self, import_them, timeout, detail)
-
-    monkeypatch.setattr(GuardedExecute, "_probe", run_sync(counted))
-    grader = Grader(Course.load(root), root, **TRUSTED)
-    honest = grader.autograde("toy", "honest")
-    assert (honest.cells, honest.findings) == ({gid: (points, points) for gid, points in FULL.items()}, [])
-    assert sent == ["baseline"], f"an honest notebook sent probes of their own: {sent}"
-    sent.clear()
-    wrong = grader.autograde("toy", "wrong")
-    assert wrong.cells["test_double"] == (0.0, 2.0) and not wrong.findings
-    assert sent == ["baseline", "probe"], f"a failed test cell needs exactly one probe of its own (after it): {sent}"
 
 
 @needs_sandbox
