@@ -33,6 +33,7 @@ import operator
 import socket
 import struct
 import sys
+import warnings
 
 MODULE = "_coursegrader_proxy"  # the name this file has in sys.modules inside a kernel
 STUDENT, TESTS = "S", "T"
@@ -212,6 +213,7 @@ class Peer:
         self.export_ids: dict[int, int] = {}  # id(object) -> handle id
         self.remotes: dict[int, Remote] = {}  # handle id -> our handle on the other side's object
         self.sequence = 0
+        self._warnings: list = []  # what the call being answered warned about
         self.graphs: dict[int, tuple[list, list]] = {}  # request -> (its tensors that need gradients, the result's)
         # the tests side: names fetched from the student, and what the student's kernel last heard about them
         self.fetched: dict[str, object] = {}
@@ -515,11 +517,16 @@ class Peer:
         inputs: list = []
         seq = self._send_request("call", {"obj": remote, "args": list(args), "kwargs": dict(kwargs)}, inputs)
         message, buffers = self._await(seq)
-        for where, value in _list(message.get("out", []), 1000):
+        for path, value in _list(message.get("out", []), 1000):
             try:
-                update(args[where] if isinstance(where, int) else kwargs[where], self.decode(value, buffers))
+                update(follow(args, kwargs, _list(path, 8)), self.decode(value, buffers))
             except (IndexError, KeyError, TypeError):
                 pass
+        for kind, text in _list(message.get("warnings", []), 20):  # what the callee's code warned about, warned here
+            category = getattr(builtins, kind, None) if isinstance(kind, str) else None
+            if not (isinstance(category, type) and issubclass(category, Warning)):
+                category = UserWarning
+            warnings.warn(_text(text, MAX_TEXT), category, stacklevel=2)
         outputs: list = []
         value = self.decode(message.get("value"), buffers, 0, outputs)
         if not outputs:
@@ -555,6 +562,7 @@ class Peer:
             if op not in self.ops:
                 raise PermissionError(f"the {'tests' if self.side == TESTS else 'student'} side does not answer {op!r}")
             inputs: list = []
+            self._warnings = []
             value, out = self._perform(op, message, buffers, inputs)
             reply_buffers: list = []
             outputs: list = []
@@ -562,6 +570,8 @@ class Peer:
                      "out": [[w, self.encode(v, reply_buffers)] for w, v in out]}
             if outputs:
                 self.graphs[seq] = (inputs, outputs)
+            if op == "call" and self._warnings:
+                reply["warnings"] = self._warnings
         except Exception as exc:  # noqa: BLE001 -- every failure becomes the requester's exception
             reply_buffers = []
             text = "" if self.side == TESTS else str(exc)[:MAX_TEXT]  # a test's messages stay on its side
@@ -587,9 +597,12 @@ class Peer:
         if op == "call":
             args = self.decode(message.get("args"), buffers, 0, inputs)
             kwargs = self.decode(message.get("kwargs"), buffers, 0, inputs)
-            before = {w: snapshot(v) for w, v in [*enumerate(args), *kwargs.items()] if mutable(v)}
-            value = obj(*args, **kwargs)
-            out = [(w, v) for w, v in [*enumerate(args), *kwargs.items()] if w in before and snapshot(v) != before[w]]
+            before = {tuple(path): snapshot(v) for path, v in mutables(args, kwargs)}
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                value = obj(*args, **kwargs)
+            self._warnings = [[type(w.message).__name__, str(w.message)[:MAX_TEXT]] for w in caught[:20]]
+            out = [(path, v) for path, v in mutables(args, kwargs) if snapshot(v) != before.get(tuple(path))]
             return value, out
         if op == "getattr":
             return getattr(obj, arg("name")), []
@@ -712,6 +725,34 @@ def _replace(value, swaps: dict):
         return type(value)(_replace(v, swaps) for v in value)
     if type(value) is dict:
         return {k: _replace(v, swaps) for k, v in value.items()}
+    return value
+
+
+def mutables(args: list, kwargs: dict, depth: int = 3):
+    """(path, value) for each array, tensor or generator among the arguments, also inside lists, tuples and dicts:
+    what a call may change in place. A path starts with the position or the keyword."""
+    def walk(value, path, level):
+        if mutable(value):
+            yield path, value
+        elif level < depth and type(value) in (list, tuple):
+            for i, item in enumerate(value):
+                yield from walk(item, [*path, i], level + 1)
+        elif level < depth and type(value) is dict:
+            for key, item in value.items():
+                if type(key) in (str, int):
+                    yield from walk(item, [*path, key], level + 1)
+    for i, value in enumerate(args):
+        yield from walk(value, [i], 0)
+    for key, value in kwargs.items():
+        yield from walk(value, [key], 0)
+
+
+def follow(args: tuple, kwargs: dict, path: list):
+    """The argument a path points at (see mutables)."""
+    first, *rest = path
+    value = args[first] if isinstance(first, int) else kwargs[first]
+    for step in rest:
+        value = value[step]
     return value
 
 

@@ -258,3 +258,23 @@ def test_operators_on_handles_run_where_the_object_lives(sides):
     assert (2.0 * a + a).v == 6.0 and (-a).v == -2.0 and (a < 3) is True
     assert a == a and a != make(2.0), "handles compare by identity"
     assert {a: 1}[a] == 1
+
+
+def test_changes_inside_lists_and_warnings_come_back(sides):
+    import warnings
+
+    tests, ns = sides
+
+    def scale_all(grads, factor):
+        for g in grads:
+            g.mul_(factor)  # in place, inside a list
+        warnings.warn("scaled in place", RuntimeWarning)
+        return np.zeros(1) * np.inf * 0  # and numpy's own warning
+
+    (f,) = fetch(tests, ns, scale_all=scale_all)
+    grads = [torch.ones(2), torch.ones(3)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f(grads, 2.0)
+    assert all((g == 2).all() for g in grads), "tensors changed inside a list change for the caller"
+    assert {type(w.message) for w in caught} == {RuntimeWarning} and len(caught) == 2, [str(w.message) for w in caught]
