@@ -10,7 +10,7 @@ import yaml
 
 from conftest import REPO
 
-ASSIGNMENTS = ["01_mle_kl", "02_elbo", "03_reparameterisation", "04_gan_losses", "05_rnn_gradients"]
+ASSIGNMENTS = ["01_mle_kl", "02_elbo", "03_reparameterisation", "04_gan_losses", "05_rnn_gradients", "07_convolutions"]
 
 
 def requirement_pins() -> dict[str, str]:
