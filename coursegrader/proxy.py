@@ -734,11 +734,11 @@ def mutables(args: list, kwargs: dict, depth: int = 3):
     def walk(value, path, level):
         if mutable(value):
             yield path, value
-        elif level < depth and type(value) in (list, tuple):
+        if level < depth and type(value) in (list, tuple):
             for i, item in enumerate(value):
                 yield from walk(item, [*path, i], level + 1)
         elif level < depth and type(value) is dict:
-            for key, item in value.items():
+            for key, item in list(value.items()):
                 if type(key) in (str, int):
                     yield from walk(item, [*path, key], level + 1)
     for i, value in enumerate(args):
@@ -758,12 +758,17 @@ def follow(args: tuple, kwargs: dict, path: list):
 
 def mutable(value) -> bool:
     np, torch = _module("numpy"), _module("torch")
-    return bool((np is not None and isinstance(value, (np.ndarray, np.random.Generator)))
+    return type(value) in (list, dict) or bool((np is not None and isinstance(value, (np.ndarray, np.random.Generator)))
                 or (torch is not None and isinstance(value, (torch.Tensor, torch.Generator))))
 
 
 def snapshot(value):
-    """What a call may change of an argument: an array's bytes, a tensor's, a generator's state."""
+    """What a call may change of an argument: an array's bytes, a tensor's, a generator's state, which objects a
+    list or a dict holds (an append, a new key)."""
+    if type(value) is list:
+        return ("list", tuple(id(x) for x in value))
+    if type(value) is dict:
+        return ("dict", tuple((k, id(x)) for k, x in value.items()))
     np, torch = _module("numpy"), _module("torch")
     if np is not None and isinstance(value, np.ndarray):
         return (value.shape, value.dtype.str, value.tobytes())
@@ -781,7 +786,12 @@ def snapshot(value):
 def update(old, new) -> None:
     """Give `old` (an argument we passed) the content the callee left in its copy `new`, in place."""
     np, torch = _module("numpy"), _module("torch")
-    if np is not None and isinstance(old, np.ndarray) and isinstance(new, np.ndarray):
+    if type(old) is list and type(new) is list:
+        old[:] = new
+    elif type(old) is dict and type(new) is dict:
+        old.clear()
+        old.update(new)
+    elif np is not None and isinstance(old, np.ndarray) and isinstance(new, np.ndarray):
         if old.shape == new.shape and old.flags.writeable:
             old[...] = new
     elif np is not None and isinstance(old, np.random.Generator) and isinstance(new, np.random.Generator):

@@ -278,3 +278,19 @@ def test_changes_inside_lists_and_warnings_come_back(sides):
         f(grads, 2.0)
     assert all((g == 2).all() for g in grads), "tensors changed inside a list change for the caller"
     assert {type(w.message) for w in caught} == {RuntimeWarning} and len(caught) == 2, [str(w.message) for w in caught]
+
+
+def test_lists_and_dicts_changed_by_the_callee_change_for_the_caller(sides):
+    tests, ns = sides
+
+    def extend(tokens, seen):
+        tokens.append(3)
+        seen["calls"] = seen.get("calls", 0) + 1
+        return len(tokens)
+
+    (f,) = fetch(tests, ns, extend=extend)
+    tokens, seen = [1, 2], {}
+    assert f(tokens, seen) == 3 and tokens == [1, 2, 3] and seen == {"calls": 1}
+    kept = [1, 2]
+    (g,) = fetch(tests, ns, g=lambda t: sum(t))
+    assert g(kept) == 3 and kept == [1, 2]
