@@ -11,7 +11,7 @@ import yaml
 from conftest import REPO
 
 ASSIGNMENTS = ["06_mlp_backprop", "01_mle_kl", "02_elbo", "03_reparameterisation", "04_gan_losses", "05_rnn_gradients",
-               "07_convolutions", "08_attention_sampling"]
+               "07_convolutions", "08_attention_sampling", "09_latent_spaces"]
 
 
 def requirement_pins() -> dict[str, str]:
