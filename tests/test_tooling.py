@@ -150,8 +150,10 @@ def test_check_names_wrong_answers_that_the_catalogue_gets_wrong(tmp_path):
     # 1. An entry that is not a mistake at all: the tests rightly keep its points, so check must say so.
     harmless = '\n[[wrong]]\nid = "double/harmless"\ncell = "double"\nfails = ["test_double"]\nmistake = "None."\n' \
                'code = """\ndef double(x):\n    return np.asarray(x) + np.asarray(x)\n"""\n'
-    # 2. A mistake that also breaks the quiz's test cell (it shadows `set`), which the entry does not name.
-    text = catalogue.read_text().replace('def double(x):\n    return 2\n', 'def double(x):\n    return 2\nset = frozenset\n')
+    # 2. A mistake that also costs the quiz's points, which the entry does not name: it rewrites the student's own
+    # later cells (the tests, in a kernel of their own, cannot be reached this way; the quiz's answer can).
+    rewrite = "get_ipython().input_transformers_post.append(lambda lines: [l.replace('\"b\"', '\"a\"') for l in lines])"
+    text = catalogue.read_text().replace('def double(x):\n    return 2\n', f'def double(x):\n    return 2\n{rewrite}\n')
     catalogue.write_text(text + harmless)
     (report,) = check.run(Course.load(root), ["toy"], **TRUSTED)
     problems = report.verdict.problems
