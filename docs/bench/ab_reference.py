@@ -1,0 +1,43 @@
+"""A/B timing of the reference solution's autograde between two checkouts of this repository.
+
+    python docs/bench/ab_reference.py OLD_TREE NEW_TREE ASSIGNMENT... [--reps 2]
+
+For each assignment, `reps` times, alternating old and new: grade the reference solution alone, sandboxed, in a
+scratch course built from that tree (its own notebooks and code), and print the seconds `Grader.autograde` took.
+Run it on a quiet machine; the first run of a tree pays for cold caches.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+
+ONE = """
+import sys, tempfile
+from pathlib import Path
+from coursegrader.course import Course
+from coursegrader.grading import Grader, make_scratch_course
+from coursegrader import sampleclass
+aid, tree = sys.argv[1], Path(sys.argv[2])
+course = Course.load(tree)
+with tempfile.TemporaryDirectory() as d:
+    root = make_scratch_course(course, Path(d) / aid, [aid])
+    grader = Grader(course, root)
+    grader.generate(aid)
+    (_, result), = sampleclass.grade(course, grader, sampleclass.plan(course, aid)[:1])
+    print(f"{result.seconds:.1f} {result.score:g}/{result.max_score:g}")
+"""
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("old")
+parser.add_argument("new")
+parser.add_argument("assignments", nargs="+")
+parser.add_argument("--reps", type=int, default=2)
+args = parser.parse_args()
+for aid in args.assignments:
+    for rep in range(1, args.reps + 1):
+        for label, tree in (("old", args.old), ("new", args.new)):
+            tree = os.path.abspath(tree)
+            done = subprocess.run([sys.executable, "-c", ONE, aid, tree], capture_output=True, text=True,
+                                  env={**os.environ, "PYTHONPATH": tree})
+            print(aid, label, rep, done.stdout.strip() or done.stderr.strip().splitlines()[-1], flush=True)
