@@ -4,8 +4,9 @@ A quiz's test cell offers letters (`answer_x <= {'a', 'b', 'c'}`, visible) and, 
 `_verdicts = {letter: (true?, "(a) is true: ...")}`: the assert message lists the sentence of every statement
 the student judged wrongly, and the final assert compares the selection with the true letters.
 
-The static tests hold each quiz to that form. The pipeline test hands in, per assignment, one student per
-letter position who judges that statement wrongly in every quiz (and answers nothing else), grades them under real autograde,
+The static tests hold each quiz to that form. The pipeline test hands in, per assignment, one student who judges
+every statement wrongly (and answers nothing else; a quiz whose statements are all true gets a student per letter
+left out), grades them under real autograde,
 generates their feedback, and reads it: each misjudged statement's sentence must be on the page.
 """
 
@@ -98,14 +99,21 @@ def test_feedback_explains_every_statement_judged_wrongly(aid, tmp_path):
     Grader(course, root, **TRUSTED).generate(aid)
     quiz = quizzes(aid)
     release = read_notebook(root / "release" / aid / f"{aid}.ipynb")
+    # One student judges every statement of every quiz wrongly (the complement of the true letters); a quiz whose
+    # statements are all true (an empty complement) gets students who each leave out one true letter instead.
+    flipped = {name: set(q["offered"]) - set(q["correct"]) for name, q in quiz.items()}
+    plans = {"flips-all": {name: c for name, c in flipped.items() if c}}
+    all_true = [name for name, c in flipped.items() if not c]
+    for position in range(max((len(quiz[name]["offered"]) for name in all_true), default=0)):
+        plans[f"flips-{'abcdefgh'[position]}"] = {name: misjudging(quiz[name], position) for name in all_true}
     expected: dict[str, list[str]] = {}
-    for position in range(max(len(q["offered"]) for q in quiz.values())):
-        student = f"flips-{'abcdefgh'[position]}"
-        chosen = {name: misjudging(q, position) for name, q in quiz.items()}
-        own = {name: f"{name} = {sorted(c)!r}".replace("[", "{").replace("]", "}") for name, c in chosen.items() if c}
+    for student, chosen in plans.items():
+        chosen = {name: c for name, c in chosen.items() if c}
+        own = {name: f"{name} = {sorted(c)!r}".replace("[", "{").replace("]", "}") for name, c in chosen.items()}
         # only the quizzes answered: the other exercises' stubs stop at once, so the notebook grades in seconds
         write_notebook(with_answers(release, own), root / "submitted" / student / aid / f"{aid}.ipynb")
-        expected[student] = [q["verdicts"][sorted(q["offered"])[position]][1] for name, q in quiz.items() if chosen[name]]
+        expected[student] = [why for name, c in chosen.items() for letter, (true, why) in quiz[name]["verdicts"].items()
+                             if (letter in c) != true]
     outcome = autograde.run(Course.load(root), aid, **TRUSTED)
     assert all(r.ok for r in outcome.results), [r.error for r in outcome.results if not r.ok]
     Grader(course, root, **TRUSTED).feedback(aid)
