@@ -70,7 +70,7 @@ def test_written_answers_wait_for_a_ta_who_alone_sees_their_mark_scheme(tmp_path
     check's verdict, the demo's table and the grade report say so."""
     from toycourse import MODEL_ANSWER, RUBRIC, make_toy_course
 
-    from coursegrader import demo, report, sampleclass
+    from coursegrader import demo, sampleclass
     from coursegrader.feedback import feedback_leaks
     from coursegrader.grading import Grader
     from coursegrader.notebooks import read_notebook
