@@ -100,7 +100,8 @@ def notebook_names(path: str, mtime_ns: int) -> frozenset[str]:
 
 
 def _top_level(source: str) -> set[str]:
-    """top_level_names without descending into function and class bodies (their locals are not the notebook's)."""
+    """The names a cell binds at the top level of the notebook: definitions, assignments and imports, not the locals
+    of its functions, classes, lambdas and comprehensions."""
     tree = python_of(source)
     if tree is None:
         return set()
