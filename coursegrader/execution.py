@@ -7,6 +7,8 @@ order, same outputs, so the same grades) and adds:
 
 - **the tests in a kernel of their own**: every test cell runs in the tests' kernel, started clean and never
   running student code; the names it uses reach the student's notebook through data only (proxy.py, split.py).
+  It is forked from a template that has imported ipykernel, numpy and torch once per grading process and run
+  nothing else (template.py, provisioner.py), so it costs milliseconds instead of a second of imports.
   The test cell's reply, outputs and verdict come from there, so nothing the student's code does to its own
   kernel (patches, hooks, forged replies, lying classes) can change a grade;
 - **a dead or stuck kernel costs the cell that caused it**: the cell gets an error output saying what
@@ -46,13 +48,13 @@ from nbgrader.coursedir import CourseDirectory
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Dict, Enum, Float, Integer
 
-from . import proxy, split
+from . import provisioner, proxy, split
 from .course import budget_seconds
 from .notebooks import is_test, source_of
 from .sandbox import KERNEL_NAME, KernelBox
 
 INTEGRITY_SUFFIX = ".integrity.json"
-PRELOAD = {"numpy", "torch"}  # imported by the tests' kernel as it starts, when the notebook imports them
+PRELOAD = {"numpy", "torch"}  # imported by the tests' kernels' template, when the notebook imports them
 MAX_TRACEBACK_LINES = 40  # of an error's traceback, the last lines are kept (a deep recursion has thousands)
 
 
@@ -158,8 +160,7 @@ class GuardedExecute(SlicedPolling, Execute):
         folder = resources.get("metadata", {}).get("path") or os.getcwd()
         self.cell_timeout = self.timeout  # as configured; each cell gets at most what is left of the notebook's time
         self.tests_folder = self._tests_folder(resources)
-        with KernelBox(folder, sandbox=self.sandbox) as self.box, \
-                KernelBox(self.tests_folder, sandbox=self.sandbox) as self.tests_box:
+        with KernelBox(folder, sandbox=self.sandbox) as self.box:
             if not self.sandbox:
                 self.log.warning("grading WITHOUT the sandbox (GuardedExecute.sandbox = False): student code runs "
                                  "with your permissions")
@@ -213,6 +214,8 @@ class GuardedExecute(SlicedPolling, Execute):
         self.limit = self.time_limit(resources)
         self.course_imports = self.course_bindings(resources)
         self.notebook_names = self._notebook_names(resources)
+        preload = tuple(sorted({module.split(".")[0] for module, _ in self.course_imports.values()} & PRELOAD))
+        self.template = provisioner.template_for(self.tests_folder, self.sandbox, preload)
         self.tkm = self.tkc = None
         self.deadline = time.monotonic() + self.limit
         self._dropped_note = False
@@ -235,20 +238,21 @@ class GuardedExecute(SlicedPolling, Execute):
         return nb, resources
 
     async def async_start_new_kernel(self, **kwargs) -> None:
-        """The tests' kernel first, then the student's, each with its end of a fresh socket pair."""
+        """The tests' kernel first (forked from the template, provisioner.py), then the student's, each with its end
+        of a fresh socket pair."""
         student_end, tests_end = socket.socketpair()
-        self.channel = (student_end.fileno(), tests_end.fileno())
         try:
             self.tkm = self.kernel_manager_class(
                 kernel_name=KERNEL_NAME, config=self.config,
-                kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(self.tests_box.kernels)]))
+                kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(self.template.box.kernels)]))
             self.tkm.transport = "ipc"
-            self.tkm.connection_file = self.tests_box.connection_file()
+            self.tkm.connection_file = self.template.box.connection_file()
             with warnings.catch_warnings():  # jupyter_client asks for close_fds=False; pass_fds overrides it
                 warnings.filterwarnings("ignore", "pass_fds overriding close_fds")
                 await ensure_async(self.tkm.start_kernel(extra_arguments=self.extra_arguments, cwd=self.tests_folder,
                                                          pass_fds=(tests_end.fileno(),)))
                 await super().async_start_new_kernel(pass_fds=(student_end.fileno(),), **kwargs)
+            self.channel = (student_end.fileno(), self.tkm.provisioner.channel_fd)  # as each kernel numbers it
         finally:  # the kernels hold their ends; the grader keeps none (a kernel's death then closes the channel)
             student_end.close()
             tests_end.close()

@@ -119,7 +119,7 @@ class KernelBox:
     mounts, another uid may not reach the Python installation (under /root, say).
     """
 
-    def __init__(self, cwd: str, sandbox: bool = True, limits: Limits = Limits()):
+    def __init__(self, cwd: str, sandbox: bool = True, limits: Limits = Limits(), provisioner: dict | None = None):
         self.sandbox = sandbox
         # Short names: the kernel's IPC sockets live here, and a UNIX socket's path has at most 107 bytes.
         parent = tempfile.gettempdir()
@@ -134,8 +134,10 @@ class KernelBox:
         argv = [sys.executable, "-I", "-m", "coursegrader.sandbox", "--limits", json.dumps(asdict(limits)),
                 "--uid", str(self.uid), "--runtime", str(self.runtime), "--cwd", os.path.realpath(cwd),
                 *([] if sandbox else ["--no-bwrap"]), "{connection_file}"]
+        self.launcher = argv[:-1]  # without the connection file: what starts a template (template.py)
+        metadata = {"debugger": False, **({"kernel_provisioner": provisioner} if provisioner else {})}
         spec = {"argv": argv, "display_name": "Python 3 (grading)", "language": "python",
-                "interrupt_mode": "message", "metadata": {"debugger": False}}
+                "interrupt_mode": "message", "metadata": metadata}
         (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
 
     def connection_file(self) -> str:
@@ -201,12 +203,11 @@ def drop_to(uid: int | None, kernel: list[str]) -> list[str]:
     return [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", *kernel]
 
 
-def bwrap_command(kernel: list[str], connection_file: str, cwd: str, work: str, scratch: str,
-                  uid: int | None) -> list[str]:
+def bwrap_command(kernel: list[str], runtime: str, cwd: str, work: str, scratch: str, uid: int | None) -> list[str]:
     """The full command line: bwrap, its mounts and namespaces, then (as root) setpriv to `uid`, then the kernel.
-    `work`, a copy of `cwd`, is mounted at `cwd`."""
+    `runtime` (the kernel's folder: connection file, sockets) is writable; `work`, a copy of `cwd`, is mounted at
+    `cwd`."""
     pythons = sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), sys.prefix})
-    runtime = os.path.dirname(os.path.abspath(connection_file))
     cmd = [shutil.which(BWRAP) or BWRAP, *_system_binds(), "--perms", "1777", "--size", str(64 * MiB), "--tmpfs", "/tmp",
            *_with_parents([("--ro-bind", p, p) for p in pythons] + [("--bind", runtime, runtime), ("--bind", work, cwd)]),
            "--dev", "/dev", "--proc", "/proc",
@@ -269,14 +270,24 @@ def launch(argv: list[str]) -> None:
     p.add_argument("--runtime", required=True, help="the box's folder of per-kernel runtime folders")
     p.add_argument("--cwd", required=True, help="the notebook's folder: the kernel must be started there")
     p.add_argument("--no-bwrap", action="store_true", help="the opt-out: no bubblewrap, everything else kept")
-    p.add_argument("connection_file")
+    p.add_argument("--template", type=int, metavar="FD", help="start a template (template.py) on this control "
+                   "socket instead of a kernel; its kernels' folders are in --runtime")
+    p.add_argument("--preload", default="", help="with --template: modules it imports, comma-separated")
+    p.add_argument("connection_file", nargs="?")
     args, extra = p.parse_known_args(argv)
     limits = Limits(**json.loads(args.limits))
     cwd = os.path.realpath(os.getcwd())
-    runtime = os.path.dirname(os.path.abspath(args.connection_file))
+    if args.template is not None:
+        runtime = os.path.realpath(args.runtime)
+        connection_file = None
+    elif args.connection_file:
+        connection_file = args.connection_file
+        runtime = os.path.dirname(os.path.abspath(connection_file))
+    else:
+        sys.exit("coursegrader.sandbox: a connection file or --template is needed")
     # Folders here change owner: refuse anything but the box's own.
-    if os.path.islink(runtime) or os.path.dirname(runtime) != os.path.realpath(args.runtime):
-        sys.exit(f"coursegrader.sandbox: connection file {args.connection_file} is not in a folder of {args.runtime}")
+    if os.path.islink(runtime) or (connection_file and os.path.dirname(runtime) != os.path.realpath(args.runtime)):
+        sys.exit(f"coursegrader.sandbox: connection file {connection_file} is not in a folder of {args.runtime}")
     if cwd != os.path.realpath(args.cwd):
         sys.exit(f"coursegrader.sandbox: will not run a kernel in {cwd} (the notebook's folder is {args.cwd})")
     uid = args.uid if os.geteuid() == 0 and not args.no_bwrap else None
@@ -292,20 +303,25 @@ def launch(argv: list[str]) -> None:
     if uid is not None:
         _give_to(uid, scratch, work)
         os.chown(runtime, uid, uid)
-        os.lchown(args.connection_file, uid, uid)
+        if connection_file:
+            os.lchown(connection_file, uid, uid)
     else:
         limits = Limits(limits.memory_bytes, limits.processes + _tasks_of(os.getuid()), limits.file_bytes,
                         limits.open_files)
     # -P: the kernel's folder is never on its import path, so a file handed in beside the notebook
     # (ipykernel_launcher.py, numpy.py) cannot stand in for a module the kernel or the notebook imports.
-    kernel = [sys.executable, "-P", "-m", "ipykernel_launcher", "-f", args.connection_file, *extra]
+    if connection_file:
+        kernel = [sys.executable, "-P", "-m", "ipykernel_launcher", "-f", connection_file, *extra]
+    else:  # -c: the sandbox sees the Python installation, not this package's folder
+        source = Path(__file__).with_name("template.py").read_text(encoding="utf-8")
+        kernel = [sys.executable, "-P", "-c", source, str(args.template), args.preload]
     _apply(limits)
     null = os.open(os.devnull, os.O_WRONLY)  # ipykernel prints a connection banner to stdout: not for the TA
     os.dup2(null, 1)
     if args.no_bwrap:  # the opt-out: the kernel works in its copy, with its own HOME and TMPDIR
         os.chdir(work)  # (jupyter_client has already given the launcher a session of its own)
         os.execve(kernel[0], kernel, kernel_environment(scratch))
-    cmd = bwrap_command(kernel, args.connection_file, cwd, work, scratch, uid)
+    cmd = bwrap_command(kernel, runtime, cwd, work, scratch, uid)
     os.execvp(cmd[0], cmd)
 
 
