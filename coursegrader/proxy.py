@@ -41,6 +41,8 @@ MAX_DEPTH = 64
 MAX_HEADER = 64 * 1024**2
 MAX_BUFFERS = 1_000_000
 MAX_FRAME = 2 * 1024**3
+MAX_PARTS = 512  # pieces of a frame given to one sendmsg (the system allows 1024)
+CHUNK = 65536  # bytes asked for by one recv of small reads
 MAX_TEXT = 2000  # characters of an error message or a repr that cross
 NUMPY_KINDS = "biufcUS"  # bool, integers, floats, complex, strings: never objects or structured records
 TORCH_DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64",
@@ -218,24 +220,45 @@ class Peer:
         # the tests side: names fetched from the student, and what the student's kernel last heard about them
         self.fetched: dict[str, object] = {}
         self.told: dict[str, object] = {}
+        self._pending = bytearray()  # bytes received beyond the frame being read
 
     # --- frames ----------------------------------------------------------------------------------
     def send(self, message: dict, buffers: list) -> None:
+        """One frame: sizes, the JSON header and the buffers, in one system call where the socket takes it all."""
         header = json.dumps(message, allow_nan=True).encode()
-        parts = [struct.pack("<QI", len(header), len(buffers)), header]
-        for buf in buffers:
-            view = memoryview(buf).cast("B")
-            parts += [struct.pack("<Q", view.nbytes), view]
-        for part in parts:
-            self.sock.sendall(part)
+        head = [struct.pack("<QI", len(header), len(buffers)), header]
+        views = [memoryview(buf).cast("B") for buf in buffers]
+        parts = head + [p for view in views for p in (struct.pack("<Q", view.nbytes), view)]
+        if len(parts) > MAX_PARTS:
+            parts = [b"".join(head + [struct.pack("<Q", v.nbytes) + v.tobytes() for v in views])]
+        sent = self.sock.sendmsg(parts)
+        for part in parts:  # a large frame may go in several calls
+            size = memoryview(part).nbytes
+            if sent < size:
+                self.sock.sendall(memoryview(part)[sent:])
+            sent = max(0, sent - size)
 
     def _read(self, n: int) -> bytearray:
+        """The next n bytes of the stream: from what an earlier recv brought, then small reads in chunks (one call
+        usually brings a whole frame), large ones straight into their buffer."""
         data = bytearray(n)
-        view, got = memoryview(data), 0
+        view, got = memoryview(data), min(n, len(self._pending))
+        if got:
+            data[:got] = self._pending[:got]
+            del self._pending[:got]
         while got < n:
-            k = self.sock.recv_into(view[got:], n - got)
-            if k == 0:
+            if n - got >= CHUNK:
+                k = self.sock.recv_into(view[got:], n - got)
+                if k == 0:
+                    raise PeerGone("the other kernel closed the channel")
+                got += k
+                continue
+            chunk = self.sock.recv(CHUNK)
+            if not chunk:
                 raise PeerGone("the other kernel closed the channel")
+            k = min(len(chunk), n - got)
+            data[got:got + k] = chunk[:k]
+            self._pending += chunk[k:]
             got += k
         return data
 
@@ -327,7 +350,7 @@ class Peer:
     def _array(self, a, buffers: list) -> dict:
         if a.dtype.kind not in NUMPY_KINDS:
             raise TypeError(f"a numpy array of dtype {a.dtype} cannot cross to the other kernel (numbers and strings only)")
-        buffers.append(_np().ascontiguousarray(a).tobytes())
+        buffers.append(_bytes_of(_np().ascontiguousarray(a)))  # a view: sent before anyone can change it
         return {"t": "ndarray", "dtype": a.dtype.str, "shape": list(a.shape), "b": len(buffers) - 1}
 
     def _tensor(self, t, buffers: list) -> dict:
@@ -337,7 +360,7 @@ class Peer:
             raise TypeError(f"a tensor of dtype {t.dtype} and layout {t.layout} cannot cross to the other kernel")
         data = t.detach().to("cpu").contiguous()
         raw = data.view(torch.int16) if name == "bfloat16" else data  # numpy has no bfloat16: same bits as int16
-        buffers.append(raw.numpy().tobytes())
+        buffers.append(_bytes_of(raw.numpy()))
         tree = {"t": "tensor", "dtype": name, "shape": list(data.shape), "b": len(buffers) - 1,
                 "grad": bool(t.requires_grad), "param": isinstance(t, torch.nn.Parameter)}
         if t.is_leaf and t.grad is not None and t.grad.layout == torch.strided:
@@ -444,26 +467,28 @@ class Peer:
         if dtype.kind not in NUMPY_KINDS:
             raise ProtocolError("dtype not allowed")
         shape = tuple(_int(n) for n in _list(tree["shape"], 32))
-        raw = _buffer(buffers, tree["b"])
+        raw = _take(buffers, tree["b"])
         if math.prod(shape) * dtype.itemsize != len(raw):
             raise ProtocolError("array size does not match its shape")
-        return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+        if not raw:
+            return np.empty(shape, dtype=dtype)
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)  # owns the received buffer: no copy
 
     def _decode_tensor(self, tree: dict, buffers: list):
         torch = _torch()
         name = _choice(tree["dtype"], TORCH_DTYPES)
         dtype = getattr(torch, name)
         shape = [_int(n) for n in _list(tree["shape"], 32)]
-        raw = _buffer(buffers, tree["b"])
+        raw = _take(buffers, tree["b"])
         itemsize = torch.empty((), dtype=dtype).element_size()
         if math.prod(shape) * itemsize != len(raw):
             raise ProtocolError("tensor size does not match its shape")
         if not raw:
             t = torch.empty(shape, dtype=dtype)
         elif name == "bfloat16":
-            t = torch.frombuffer(raw, dtype=torch.int16).view(torch.bfloat16).reshape(shape).clone()
+            t = torch.frombuffer(raw, dtype=torch.int16).view(torch.bfloat16).reshape(shape)
         else:
-            t = torch.frombuffer(raw, dtype=dtype).reshape(shape).clone()
+            t = torch.frombuffer(raw, dtype=dtype).reshape(shape)  # owns the received buffer: no copy
         if tree.get("param") is True and t.is_floating_point():
             t = torch.nn.Parameter(t, requires_grad=tree.get("grad") is True)
         elif tree.get("grad") is True and (t.is_floating_point() or t.is_complex()):
@@ -602,7 +627,7 @@ class Peer:
                 warnings.simplefilter("always")
                 value = obj(*args, **kwargs)
             self._warnings = [[type(w.message).__name__, str(w.message)[:MAX_TEXT]] for w in caught[:20]]
-            out = [(path, v) for path, v in mutables(args, kwargs) if snapshot(v) != before.get(tuple(path))]
+            out = [(path, v) for path, v in mutables(args, kwargs) if changed(v, before.get(tuple(path)))]
             return value, out
         if op == "getattr":
             return getattr(obj, arg("name")), []
@@ -647,8 +672,9 @@ class Peer:
         pairs = [(o, g) for o, g in zip(outputs, grads) if isinstance(g, torch.Tensor) and o.requires_grad]
         for leaf in inputs:
             leaf.grad = None
-        if pairs:
-            torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs], retain_graph=True)
+        if pairs:  # as one scalar: explicit gradient tensors make torch import sympy (~0.5 s) on first use;
+            with torch.enable_grad():  # grad mode is off when this answers the other side's backward
+                torch.autograd.backward(sum((o * g).sum() for o, g in pairs), retain_graph=True)
         found = [leaf.grad for leaf in inputs]
         for leaf in inputs:
             leaf.grad = None
@@ -771,7 +797,7 @@ def snapshot(value):
         return ("dict", tuple((k, id(x)) for k, x in value.items()))
     np, torch = _module("numpy"), _module("torch")
     if np is not None and isinstance(value, np.ndarray):
-        return (value.shape, value.dtype.str, value.tobytes())
+        return (value.shape, value.dtype.str, value.copy())
     if np is not None and isinstance(value, np.random.Generator):
         return json.dumps(value.bit_generator.state, default=lambda a: a.tolist(), sort_keys=True)
     if torch is not None and isinstance(value, torch.Tensor):
@@ -781,6 +807,24 @@ def snapshot(value):
     if torch is not None and isinstance(value, torch.Generator):
         return value.get_state().numpy().tobytes()
     return None
+
+
+def changed(value, before) -> bool:
+    """Whether `value` differs from its snapshot `before` (arrays compared byte for byte, so a NaN is equal to
+    itself)."""
+    np = _module("numpy")
+    if np is not None and isinstance(value, np.ndarray) and type(before) is tuple and len(before) == 3:
+        shape, dtype, copy = before
+        if value.shape != shape or value.dtype.str != dtype:
+            return True
+        return not np.array_equal(np.frombuffer(_bytes_of(np.ascontiguousarray(value)), np.uint8),
+                                  np.frombuffer(_bytes_of(copy), np.uint8))
+    return snapshot(value) != before
+
+
+def _bytes_of(a):
+    """The bytes of a C-contiguous array, as a view."""
+    return memoryview(a.reshape(-1)).cast("B") if a.size else b""
 
 
 def update(old, new) -> None:
@@ -845,7 +889,16 @@ def _choice(value, allowed: tuple) -> str:
 def _buffer(buffers: list, index) -> bytearray:
     if type(index) is not int or not 0 <= index < len(buffers):
         raise ProtocolError("malformed buffer index")
+    if buffers[index] is None:
+        raise ProtocolError("a buffer used twice")
     return buffers[index]
+
+
+def _take(buffers: list, index) -> bytearray:
+    """A buffer that becomes an array's memory: no other value of the frame may use it."""
+    raw = _buffer(buffers, index)
+    buffers[index] = None
+    return raw
 
 
 # --- in a kernel ---------------------------------------------------------------------------------------------

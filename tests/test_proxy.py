@@ -216,7 +216,9 @@ def frame(header: dict, buffers=()) -> bytes:
     ({"t": "ref", "home": "T", "id": 99}, "unknown handle"),
     ({"t": "module", "v": "os"}, "not importable"),
     ({"t": "pickle", "v": "..."}, "unknown kind"),
-    ({"t": "tensor", "dtype": "float64", "shape": [1], "b": 0, "grad": True, "g": {"t": "tensor", "dtype": "float64", "shape": [2], "b": 0}}, "does not match"),
+    ({"t": "tensor", "dtype": "float64", "shape": [1], "b": 0, "grad": True, "g": {"t": "tensor", "dtype": "float64", "shape": [2], "b": 0}}, "used twice"),
+    # arrays own the buffer they were received in: two values sharing one would share memory
+    ({"t": "list", "v": [{"t": "ndarray", "dtype": "<f8", "shape": [1], "b": 0}] * 2}, "used twice"),
 ])
 def test_the_tests_side_rejects_malformed_data(value, why):
     a, b = socket.socketpair()
