@@ -2,9 +2,11 @@
 
     python docs/bench/ab_reference.py OLD_TREE NEW_TREE ASSIGNMENT... [--reps 2]
 
-For each assignment, `reps` times, alternating old and new: grade the reference solution alone, sandboxed, in a
-scratch course built from that tree (its own notebooks and code), and print the seconds `Grader.autograde` took.
-Run it on a quiet machine; the first run of a tree pays for cold caches.
+For each assignment, `reps` times, alternating old and new: in a scratch course built from that tree (its own
+notebooks and code), grade the reference solution `copies` times in one process, sandboxed, and print the
+seconds `Grader.autograde` took for each. The first grading of a process pays for what a grading process
+starts once (the tests' kernel template, cold caches); the others are what each further student costs.
+Run it on a quiet machine.
 """
 
 import argparse
@@ -24,8 +26,8 @@ with tempfile.TemporaryDirectory() as d:
     root = make_scratch_course(course, Path(d) / aid, [aid])
     grader = Grader(course, root)
     grader.generate(aid)
-    (_, result), = sampleclass.grade(course, grader, sampleclass.plan(course, aid)[:1])
-    print(f"{result.seconds:.1f} {result.score:g}/{result.max_score:g}")
+    results = [r for _, r in sampleclass.grade(course, grader, sampleclass.plan(course, aid)[:1] * int(sys.argv[3]))]
+    print(" ".join(f"{r.seconds:.1f}" for r in results), f"{results[0].score:g}/{results[0].max_score:g}")
 """
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,11 +35,12 @@ parser.add_argument("old")
 parser.add_argument("new")
 parser.add_argument("assignments", nargs="+")
 parser.add_argument("--reps", type=int, default=2)
+parser.add_argument("--copies", type=int, default=3)
 args = parser.parse_args()
 for aid in args.assignments:
     for rep in range(1, args.reps + 1):
         for label, tree in (("old", args.old), ("new", args.new)):
             tree = os.path.abspath(tree)
-            done = subprocess.run([sys.executable, "-c", ONE, aid, tree], capture_output=True, text=True,
+            done = subprocess.run([sys.executable, "-c", ONE, aid, tree, str(args.copies)], capture_output=True, text=True,
                                   env={**os.environ, "PYTHONPATH": tree})
             print(aid, label, rep, done.stdout.strip() or done.stderr.strip().splitlines()[-1], flush=True)
