@@ -238,8 +238,8 @@ class GuardedExecute(SlicedPolling, Execute):
         return nb, resources
 
     async def async_start_new_kernel(self, **kwargs) -> None:
-        """The tests' kernel first (forked from the template, provisioner.py), then the student's, each with its end
-        of a fresh socket pair."""
+        """The student's kernel, then the tests' kernel (forked from the template, provisioner.py), each with its
+        end of a fresh socket pair."""
         student_end, tests_end = socket.socketpair()
         try:
             self.tkm = self.kernel_manager_class(
@@ -249,9 +249,10 @@ class GuardedExecute(SlicedPolling, Execute):
             self.tkm.connection_file = self.template.box.connection_file()
             with warnings.catch_warnings():  # jupyter_client asks for close_fds=False; pass_fds overrides it
                 warnings.filterwarnings("ignore", "pass_fds overriding close_fds")
+                await super().async_start_new_kernel(pass_fds=(student_end.fileno(),), **kwargs)
+                # the student's kernel starts on one core while the template (if new) finishes its imports
                 await ensure_async(self.tkm.start_kernel(extra_arguments=self.extra_arguments, cwd=self.tests_folder,
                                                          pass_fds=(tests_end.fileno(),)))
-                await super().async_start_new_kernel(pass_fds=(student_end.fileno(),), **kwargs)
             self.channel = (student_end.fileno(), self.tkm.provisioner.channel_fd)  # as each kernel numbers it
         finally:  # the kernels hold their ends; the grader keeps none (a kernel's death then closes the channel)
             student_end.close()

@@ -66,17 +66,16 @@ class Template:
             theirs.close()
         self.control = ours
         self._lock = threading.Lock()
+        self.ready = False  # its imports run while the grader starts the student's kernel; the first request waits
+        _running[self.key] = self
+
+    def _wait_ready(self) -> None:
         self.control.settimeout(START_TIMEOUT)
-        try:
-            ready = self._receive()
-        except BaseException:
-            self.close()
-            raise
+        ready = self._receive()
         if not ready.get("ready"):
-            self.close()
             raise TemplateGone(f"the tests' kernel template did not start: {ready}")
         self.control.settimeout(REPLY_TIMEOUT)
-        _running[self.key] = self
+        self.ready = True
 
     def _receive(self) -> dict:
         try:
@@ -91,6 +90,8 @@ class Template:
         with self._lock:
             if self.control is None:
                 raise TemplateGone("the tests' kernel template was closed")
+            if not self.ready:
+                self._wait_ready()
             try:
                 socket.send_fds(self.control, [json.dumps(message).encode()], list(fds))
             except OSError as exc:
