@@ -4,13 +4,16 @@
 
 For each assignment, `reps` times, alternating old and new: in a scratch course built from that tree (its own
 notebooks and code), grade the reference solution `copies` times in one process, sandboxed, and print the
-seconds `Grader.autograde` took for each. The first grading of a process pays for what a grading process
-starts once (the tests' kernel template, cold caches); the others are what each further student costs.
-Run it on a quiet machine.
+seconds `Grader.autograde` took for each, then the CPU time of the whole run (the grader, its kernels and
+the tests' kernels' template, which all end with it) divided by `copies`. The first grading of a process pays
+for what a grading process starts once (the template, cold caches); the others are what each further student
+costs. Wall-clock times need a quiet machine; CPU time is what a class graded on every core costs, and moves
+much less when the machine is shared.
 """
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 
@@ -41,6 +44,10 @@ for aid in args.assignments:
     for rep in range(1, args.reps + 1):
         for label, tree in (("old", args.old), ("new", args.new)):
             tree = os.path.abspath(tree)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             done = subprocess.run([sys.executable, "-c", ONE, aid, tree, str(args.copies)], capture_output=True, text=True,
                                   env={**os.environ, "PYTHONPATH": tree})
-            print(aid, label, rep, done.stdout.strip() or done.stderr.strip().splitlines()[-1], flush=True)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / args.copies
+            print(aid, label, rep, done.stdout.strip() or done.stderr.strip().splitlines()[-1],
+                  f"cpu {cpu:.1f} s per notebook", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -126,8 +127,15 @@ def cmd_sandbox(course: Course, args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)  # on every subcommand
+    talk = common.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="count", default=0,
+                      help="say more: what the grader does (-v), and the kernels' own messages and nbgrader's (-vv)")
+    talk.add_argument("-q", "--quiet", action="store_true", help="errors and results only: no progress bars, no warnings")
     p = argparse.ArgumentParser(prog="coursegrader", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: add_parser(*a, parents=[common], **k)  # noqa: E731
 
     s = sub.add_parser("release", help="regenerate release/ from source/ and check it for leaks")
     s.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: every assignment")
@@ -179,9 +187,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def configure_logging(verbose: int, quiet: bool) -> None:
+    """Warnings by default; -v: what the grader does; -vv: also nbgrader's own log and the kernels' stderr
+    (grading.kernel_noise_silenced); -q: errors only, and no progress bars."""
+    level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="coursegrader: %(levelname)s: %(name)s: %(message)s", force=True)
+    # nbgrader's own logs are captured per run (and shown in a row's reason when a run fails)
+    traitlets = logging.getLogger("traitlets")
+    traitlets.setLevel(logging.INFO if verbose >= 2 else logging.ERROR)
+    traitlets.propagate = verbose >= 2
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it; worker processes inherit it
+    if verbose >= 2:
+        os.environ["COURSEGRADER_KERNEL_STDERR"] = "1"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbgrader's own logs are captured per run
+    configure_logging(args.verbose, args.quiet)
     try:
         return args.func(Course.find(), args)
     except CourseError as exc:

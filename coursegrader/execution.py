@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import socket
@@ -52,6 +53,8 @@ from . import provisioner, proxy, split
 from .course import budget_seconds
 from .notebooks import is_test, source_of
 from .sandbox import KERNEL_NAME, KernelBox
+
+log = logging.getLogger(__name__)
 
 INTEGRITY_SUFFIX = ".integrity.json"
 PRELOAD = {"numpy", "torch"}  # imported by the tests' kernels' template, when the notebook imports them
@@ -230,6 +233,7 @@ class GuardedExecute(SlicedPolling, Execute):
                 if self.current is None:  # the kernel never started: a grader problem, not the student's
                     raise
                 what = self._why_stopped(exc)
+                log.info("%s, cell %d: %s", resources.get("metadata", {}).get("path", ""), self.current + 1, what)
                 self.stopped[self.current] = error_output("KernelStopped", what)
                 self._record(pristine.cells[self.current], self.current, what, kind="failure")
                 if len(self.stopped) > self.max_restarts:

@@ -103,8 +103,12 @@ def kernel_noise_silenced() -> Iterator[None]:
     """Send file descriptor 2 to /dev/null while nbgrader works.
 
     Kernels inherit our stderr and print start-up warnings into the TA's terminal; everything that
-    matters is in the log that nbgrader's API captures for each run.
+    matters is in the log that nbgrader's API captures for each run. `coursegrader -vv` lets them through
+    (COURSEGRADER_KERNEL_STDERR), to see why a kernel misbehaved.
     """
+    if os.environ.get("COURSEGRADER_KERNEL_STDERR"):
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     with open(os.devnull, "w") as null:

@@ -64,6 +64,8 @@ class Template:
             raise
         finally:
             theirs.close()
+        log.info("starting the tests' kernels' template for %s (%s, preloading %s)", folder,
+                 "sandboxed" if sandbox else "NOT sandboxed", ", ".join(preload) or "nothing")
         self.control = ours
         self._lock = threading.Lock()
         self.ready = False  # its imports run while the grader starts the student's kernel; the first request waits

@@ -325,3 +325,17 @@ def test_a_test_takes_from_the_notebook_only_names_the_source_defines(tmp_path):
     read = split.names_read("_expected = f(DATA)\nprint(len(np.zeros(3)), In, _i3, double, _expected)")
     assert read == {"f", "DATA", "np", "double", "_expected"}, read
     assert "_expected" not in names, "a name only a test defines is never fetched from the student"
+
+
+def test_every_command_takes_verbose_and_quiet():
+    from coursegrader.cli import parser
+
+    p = parser()
+    commands = p._subparsers._group_actions[0].choices  # argparse keeps its subcommands there
+    needs = {"autograde": ["01_mle_kl"], "report": ["01_mle_kl"]}
+    for name in commands:
+        for flags in (["-v"], ["-vv"], ["-q"]):
+            args = p.parse_args([name, *flags, *needs.get(name, [])])
+            assert (args.verbose, args.quiet) == (len(flags[0]) - 1 if "v" in flags[0] else 0, flags == ["-q"]), name
+    with pytest.raises(SystemExit):
+        p.parse_args(["check", "-v", "-q"])
