@@ -42,7 +42,7 @@ from . import sampleclass
 from .course import CONFIG_FILE, COURSE_FILE, Course
 from .errors import CourseError
 from .gradebook import snapshot
-from .execution import SlicedPolling
+from .upstream import NotebookClientHooks
 from .grading import Grader, kernel_noise_silenced, make_scratch_course
 from .table import render
 
@@ -104,7 +104,7 @@ def timed(command: list[str], cwd: Path, log: Path) -> float:
     return seconds
 
 
-class FloorClient(SlicedPolling, NotebookClient):
+class FloorClient(NotebookClientHooks, NotebookClient):
     """Plain nbclient, except that it polls in short slices: a reply that pyzmq misses (see stalls) would
     otherwise add a whole cell timeout to the floor, which is the notebook's own time and nothing else."""
 
@@ -128,7 +128,7 @@ def stalls(notebook: Path, longer_than: float = 60.0) -> list[float]:
     """Seconds the grader sat idle between two cells (kernel done, next cell not sent) in an autograded notebook.
 
     pyzmq's asyncio poll sometimes misses a reply, and nbclient then waits out the whole cell timeout
-    (coursegrader polls in slices, see execution.poll_in_slices). The benchmark reports plain nbgrader's
+    (coursegrader polls in slices, see upstream.poll_in_slices). The benchmark reports plain nbgrader's
     time with and without these waits, and holds the targets against the time without them."""
     nb = nbformat.read(str(notebook), as_version=4)
     found, previous = [], None

@@ -42,7 +42,6 @@ from queue import Empty
 
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_core.utils import ensure_async, run_sync
-from nbclient.util import run_hook
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 from nbgrader.coursedir import CourseDirectory
@@ -53,6 +52,7 @@ from . import provisioner, proxy, split
 from .course import budget_seconds
 from .notebooks import is_test, source_of
 from .sandbox import KERNEL_NAME, KernelBox
+from .upstream import NotebookClientHooks, connected, poll_in_slices
 
 log = logging.getLogger(__name__)
 
@@ -75,65 +75,7 @@ def _size(output: NotebookNode) -> int:
     return sum(len(v) if isinstance(v, str) else len(json.dumps(v)) for v in output.get("data", {}).values())
 
 
-class SlicedPolling:
-    """For an nbclient NotebookClient: a kernel client that never misses a message (see poll_in_slices), from
-    the moment it connects.
-
-    `settle_iopub = False` also skips jupyter_client's last step of waiting for a new kernel: once the kernel
-    has answered kernel_info and IOPub has delivered a message (so it is connected), it waits until IOPub has
-    been quiet for 0.2 s. nbclient ignores messages that answer another request, so nothing depends on that
-    wait, and 0.2 s is 5% of a short notebook's time.
-    """
-
-    settle_iopub = True
-
-    async def async_start_new_kernel_client(self):
-        """nbclient's own, but the channels poll in slices before the first message (the kernel_info request)."""
-        self.kc = self.km.client()
-        for channel in (self.kc.shell_channel, self.kc.iopub_channel):
-            poll_in_slices(channel)
-        try:
-            await ensure_async(self.kc.start_channels())
-            if self.settle_iopub:
-                await ensure_async(self.kc.wait_for_ready(timeout=self.startup_timeout))
-            else:
-                await connected(self.kc, self.startup_timeout)
-        except Exception:
-            await self._async_cleanup_kernel()
-            raise
-        self.kc.allow_stdin = False
-        await run_hook(self.on_notebook_start, notebook=self.nb)
-        return self.kc
-
-    start_new_kernel_client = run_sync(async_start_new_kernel_client)  # nbclient binds the sync one to its own
-
-
-async def connected(kc, timeout: float) -> None:
-    """Wait until the kernel answers kernel_info and IOPub delivers a message: jupyter_client's
-    `wait_for_ready` without its final wait for a quiet IOPub (see SlicedPolling)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        kc.kernel_info()
-        try:
-            reply = await kc.shell_channel.get_msg(timeout=1)
-        except Empty:
-            pass
-        else:
-            if reply["msg_type"] == "kernel_info_reply":
-                try:
-                    await kc.iopub_channel.get_msg(timeout=0.2)  # IOPub is connected: the kernel's status arrived
-                except Empty:
-                    pass  # not yet: a kernel publishes before our subscription reaches it; ask again
-                else:
-                    kc._handle_kernel_info_reply(reply)  # as wait_for_ready does: adapt to the kernel's protocol
-                    return
-        if not await kc.is_alive():
-            raise RuntimeError("Kernel died before replying to kernel_info")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"Kernel didn't respond in {timeout:g} seconds")
-
-
-class GuardedExecute(SlicedPolling, Execute):
+class GuardedExecute(NotebookClientHooks, Execute):
     """Execute with the tests in a kernel of their own, restarts after kernel deaths, a notebook time limit and
     output caps."""
 
@@ -152,7 +94,7 @@ class GuardedExecute(SlicedPolling, Execute):
     # Once the last cell has run, nothing the kernel does matters: kill it instead of asking it to stop
     # and waiting (about a second per notebook); the sandbox's next start clears any leftover process.
     shutdown_kernel = Enum(["graceful", "immediate"], default_value="immediate").tag(config=True)
-    settle_iopub = False  # see SlicedPolling
+    settle_iopub = False  # see upstream.NotebookClientHooks
     return_timeout = Integer(10, help="seconds the student's kernel has, after a test cell, to return to its own "
                                       "cells").tag(config=True)
     bindings = Dict(help="name -> [module, attribute]: what the course's imports bind (split.import_bindings); "
@@ -265,7 +207,7 @@ class GuardedExecute(SlicedPolling, Execute):
     start_new_kernel = run_sync(async_start_new_kernel)  # nbclient binds the sync one to its own
 
     async def async_start_new_kernel_client(self):
-        """The student's client (SlicedPolling's), then the tests' client, and the channel loaded in both."""
+        """The student's client (NotebookClientHooks'), then the tests' client, and the channel loaded in both."""
         kc = await super().async_start_new_kernel_client()
         await self._connect_kernels(kc)
         return kc
@@ -305,13 +247,9 @@ class GuardedExecute(SlicedPolling, Execute):
                     raise RuntimeError(f"{what}: {content.get('ename')}: {content.get('evalue')}")
                 return content
 
-    async def _async_cleanup_kernel(self) -> None:
-        try:
-            await super()._async_cleanup_kernel()
-        finally:
-            await self._stop_tests_kernel()
-
-    _cleanup_kernel = run_sync(_async_cleanup_kernel)
+    async def after_cleanup(self) -> None:
+        """The student's kernel is stopped (upstream.NotebookClientHooks): stop the tests' kernel too."""
+        await self._stop_tests_kernel()
 
     async def _stop_tests_kernel(self) -> None:
         tkm, tkc, self.tkm, self.tkc = getattr(self, "tkm", None), getattr(self, "tkc", None), None, None
@@ -326,15 +264,12 @@ class GuardedExecute(SlicedPolling, Execute):
             finally:
                 await ensure_async(tkm.cleanup_resources())
 
-    async def _async_check_alive(self) -> None:
+    def on_dead_kernel(self) -> None:
+        """nbclient found the student's kernel dead (upstream.NotebookClientHooks): keep its exit code."""
         try:
-            await super()._async_check_alive()
-        except DeadKernelError:
-            try:
-                self.exit_code = self.km.provisioner.process.poll()
-            except AttributeError:
-                pass
-            raise
+            self.exit_code = self.km.provisioner.process.poll()
+        except AttributeError:
+            pass
 
     def _why_stopped(self, exc: Exception) -> str:
         code = self.exit_code
@@ -501,33 +436,6 @@ class GuardedExecute(SlicedPolling, Execute):
                 for key, value in out.get("data", {}).items():
                     if isinstance(value, str) and len(value) > n:
                         out.data[key] = value[:n] + " ... [truncated]"
-
-
-POLL_SLICE_SECONDS = 0.2
-
-
-def poll_in_slices(channel) -> None:
-    """Make `channel.get_msg(timeout)` wait in short polls instead of one long one.
-
-    pyzmq's asyncio poll can miss the moment a message arrives on a socket (its file descriptor is
-    edge-triggered) and then notices it only when the poll times out. nbclient waits for a cell's reply
-    with one poll of the whole cell timeout, so a missed reply cost two minutes at random (seen about one
-    run in two when two sandboxed kernels ran at once, over IPC). Each short poll looks at the socket
-    afresh, so a missed arrival costs at most POLL_SLICE_SECONDS.
-    """
-    original = channel.get_msg
-
-    async def get_msg(timeout: float | None = None) -> dict:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = POLL_SLICE_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                return await original(timeout=min(POLL_SLICE_SECONDS, left))
-            except Empty:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise
-
-    channel.get_msg = get_msg
 
 
 def read_findings(notebook: Path) -> list[dict]:
