@@ -5,7 +5,7 @@
 For each assignment, `reps` times, alternating old and new: in a scratch course built from that tree (its own
 notebooks and code), grade the reference solution `copies` times in one process, sandboxed, and print the
 seconds `Grader.autograde` took for each, then the CPU time of the whole run (the grader, its kernels and
-the tests' kernels' template, which all end with it) divided by `copies`. The first grading of a process pays
+the tests' kernels' template; a cgroup of its own, as root) divided by `copies`. The first grading of a process pays
 for what a grading process starts once (the template, cold caches); the others are what each further student
 costs. Wall-clock times need a quiet machine; CPU time is what a class graded on every core costs, and moves
 much less when the machine is shared.
@@ -13,7 +13,6 @@ much less when the machine is shared.
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 
@@ -33,6 +32,34 @@ with tempfile.TemporaryDirectory() as d:
     print(" ".join(f"{r.seconds:.1f}" for r in results), f"{results[0].score:g}/{results[0].max_score:g}")
 """
 
+class cpu_meter:
+    """CPU seconds used by a process and everything it starts, kernels in their sandboxes included: a cgroup v1
+    cpuacct group of its own (as root). resource.getrusage would miss the kernels, which are killed, never
+    waited for. seconds stays 0 where no cgroup can be made."""
+
+    ROOT = "/sys/fs/cgroup/cpuacct"
+
+    def __enter__(self):
+        self.seconds, self.group = 0.0, None
+        try:
+            self.group = os.path.join(self.ROOT, f"ab-reference-{os.getpid()}")
+            os.makedirs(self.group, exist_ok=True)
+        except OSError:
+            self.group = None
+        return self
+
+    def enter(self) -> None:  # in the child, before it runs
+        if self.group:
+            with open(os.path.join(self.group, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+
+    def __exit__(self, *exc):
+        if self.group:
+            with open(os.path.join(self.group, "cpuacct.usage")) as f:
+                self.seconds = int(f.read()) / 1e9
+            os.rmdir(self.group)
+
+
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("old")
 parser.add_argument("new")
@@ -44,10 +71,8 @@ for aid in args.assignments:
     for rep in range(1, args.reps + 1):
         for label, tree in (("old", args.old), ("new", args.new)):
             tree = os.path.abspath(tree)
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            done = subprocess.run([sys.executable, "-c", ONE, aid, tree, str(args.copies)], capture_output=True, text=True,
-                                  env={**os.environ, "PYTHONPATH": tree})
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / args.copies
+            with cpu_meter() as meter:
+                done = subprocess.run([sys.executable, "-c", ONE, aid, tree, str(args.copies)], capture_output=True,
+                                      text=True, env={**os.environ, "PYTHONPATH": tree}, preexec_fn=meter.enter)
             print(aid, label, rep, done.stdout.strip() or done.stderr.strip().splitlines()[-1],
-                  f"cpu {cpu:.1f} s per notebook", flush=True)
+                  f"cpu {meter.seconds / args.copies:.1f} s per notebook" if meter.seconds else "", flush=True)
