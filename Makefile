@@ -28,7 +28,7 @@ autograde: $(STAMP)     ## autograde submitted/ for one assignment: make autogra
 	$(TOOL) autograde $(ASSIGNMENT)
 
 bench: $(STAMP)         ## time grading 20 students per assignment: plain nbgrader vs --jobs 1 vs --jobs <cores> vs the floor
-	$(TOOL) bench $(ASSIGNMENT) $(if $(STUDENTS),--students $(STUDENTS))
+	$(BIN)/python benchmarks/bench.py $(ASSIGNMENT) $(if $(STUDENTS),--students $(STUDENTS))
 
 venv: $(STAMP)
 

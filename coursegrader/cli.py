@@ -82,23 +82,6 @@ def cmd_autograde(course: Course, args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in outcome.results) else 1
 
 
-def cmd_bench(course: Course, args: argparse.Namespace) -> int:
-    import json
-
-    from . import bench
-
-    at_least_one("--students", args.students)
-    at_least_one("--jobs", args.jobs)
-    dest = Path(args.dest).resolve() if args.dest else course.root / "bench"
-    result = bench.run(course, course.resolve(args.assignments), args.students, args.jobs, dest)
-    print(result.format())
-    out = course.root / "reports" / "bench.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result.as_json(), indent=1) + "\n", encoding="utf-8")
-    print(f"\nSaved: {out.relative_to(course.root)} (the graded class and the logs: {dest})")
-    return 0 if result.met else 1
-
-
 def cmd_report(course: Course, args: argparse.Namespace) -> int:
     from . import report
 
@@ -117,13 +100,6 @@ def cmd_lab(course: Course, args: argparse.Namespace) -> int:
     from . import lab
 
     return lab.run(course, args.lecturer, ["--no-browser"] if args.no_browser else [])
-
-
-def cmd_sandbox(course: Course, args: argparse.Namespace) -> int:
-    from .sandboxcost import report
-
-    print(report(args.repeats))
-    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -164,13 +140,6 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--shard", metavar="I/N", help="grade only share I of N of the students (one per machine)")
     s.set_defaults(func=cmd_autograde)
 
-    s = sub.add_parser("bench", help="time grading a synthetic class: plain nbgrader, --jobs 1, --jobs <cores>, the floor")
-    s.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: every assignment")
-    s.add_argument("--students", type=int, default=20, help="students per assignment (default: 20)")
-    s.add_argument("--jobs", type=int, help="workers of the parallel run (default: the number of CPU cores)")
-    s.add_argument("--dest", help="where to build and grade the class (default: bench/)")
-    s.set_defaults(func=cmd_bench)
-
     s = sub.add_parser("report", help="after autograde: an HTML page and CSVs of the class's grades")
     s.add_argument("assignment", metavar="ASSIGNMENT")
     s.add_argument("--db", metavar="URL", help="gradebook database (default: as autograde)")
@@ -181,9 +150,6 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--no-browser", action="store_true", help="print the address instead of opening a browser")
     s.set_defaults(func=cmd_lab)
 
-    s = sub.add_parser("sandbox", help="say whether grading kernels can be sandboxed here, and what it costs")
-    s.add_argument("--repeats", type=int, default=5, help="kernel starts to time, each way (default: 5)")
-    s.set_defaults(func=cmd_sandbox)
     return p
 
 

@@ -1,4 +1,4 @@
-"""`coursegrader bench` (`make bench`): how fast this machine grades a class, against plain nbgrader and the floor.
+"""`make bench` (`python benchmarks/bench.py`): how fast this machine grades a class, against plain nbgrader and the floor.
 
 A synthetic class per assignment: `students` copies of the sample class (the reference, the blank release
 and the wrong-answer rounds of the catalogue), each copy handed in under its own student id. The same
@@ -24,6 +24,7 @@ All runs must write the same grades: the benchmark compares their gradebooks.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -38,13 +39,13 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from . import sampleclass
-from .course import CONFIG_FILE, COURSE_FILE, Course
-from .errors import CourseError
-from .gradebook import snapshot
-from .upstream import NotebookClientHooks
-from .grading import Grader, kernel_noise_silenced, make_scratch_course
-from .table import render
+from coursegrader import sampleclass
+from coursegrader.course import CONFIG_FILE, COURSE_FILE, Course
+from coursegrader.errors import CourseError
+from coursegrader.gradebook import snapshot
+from coursegrader.upstream import NotebookClientHooks
+from coursegrader.grading import Grader, kernel_noise_silenced, make_scratch_course
+from coursegrader.table import render
 
 TARGET_SPEEDUP = 1.7  # at least this much faster than plain nbgrader (2 cores)
 TARGET_FLOOR = 1.3  # at most this much slower than the floor
@@ -296,3 +297,33 @@ def run(course: Course, aids: list[str], students: int, jobs: int | None, dest: 
                  f"({time.perf_counter() - start:.0f} s)")
     timeout = course.nbgrader_config().Execute.get("timeout", 30)
     return Bench(cores, jobs, students, results, float(timeout))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`make bench`: run the benchmark on this course, print its table, save it as reports/bench.json."""
+    p = argparse.ArgumentParser(prog="benchmarks/bench.py", description=__doc__.splitlines()[0])
+    p.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: every assignment")
+    p.add_argument("--students", type=int, default=20, help="students per assignment (default: 20)")
+    p.add_argument("--jobs", type=int, help="workers of the parallel run (default: the number of CPU cores)")
+    p.add_argument("--dest", help="where to build and grade the class (default: bench/)")
+    args = p.parse_args(argv)
+    for option, value in (("--students", args.students), ("--jobs", args.jobs)):
+        if value is not None and value < 1:
+            p.error(f"{option} {value}: give at least 1")
+    course = Course.find()
+    dest = Path(args.dest).resolve() if args.dest else course.root / "bench"
+    try:
+        result = run(course, course.resolve(args.assignments), args.students, args.jobs, dest)
+    except CourseError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(result.format())
+    out = course.root / "reports" / "bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result.as_json(), indent=1) + "\n", encoding="utf-8")
+    print(f"\nSaved: {out.relative_to(course.root)} (the graded class and the logs: {dest})")
+    return 0 if result.met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

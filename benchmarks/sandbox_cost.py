@@ -1,4 +1,4 @@
-"""`coursegrader sandbox`: is the sandbox available here, and what does it cost per notebook?
+"""`python benchmarks/sandbox_cost.py`: is the sandbox available here, and what does it cost per notebook?
 
 The cost that matters is kernel start: every notebook is graded in a fresh kernel, so the sandbox's
 launcher, bwrap's mounts and the uid switch are paid once per notebook. Measured as the median of a
@@ -15,8 +15,8 @@ from pathlib import Path
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
-from .grading import kernel_noise_silenced, use_this_environment
-from .sandbox import KERNEL_NAME, KernelBox, Limits, unavailable_reason
+from coursegrader.grading import kernel_noise_silenced, use_this_environment
+from coursegrader.sandbox import KERNEL_NAME, KernelBox, Limits, unavailable_reason
 
 
 def _start_seconds(kernel: str, cwd: Path, box: KernelBox | None = None) -> float:
@@ -64,3 +64,11 @@ def report(repeats: int = 5) -> str:
         f"kernel start, median of {repeats}: {plain:.2f} s plain, {boxed:.2f} s sandboxed "
         f"({boxed - plain:+.2f} s per notebook)",
     ])
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="kernel starts to time, each way (default: 5)")
+    print(report(parser.parse_args().repeats))
