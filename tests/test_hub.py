@@ -8,8 +8,8 @@ Then, in one browser with a context per person:
 1. the instructor releases 01_mle_kl from the formgrader (release/ is committed, as `make release` made it);
 2. both students fetch it in the Assignments tab (the files are the student's own);
 3. bob renames his notebook: Validate tells him to rename it back and Submit refuses; he renames it back;
-4. alice hands in the reference answers: Validate passes, she submits; the instructor then sets a due date in the
-   formgrader, after alice's submission; bob submits one catalogued mistake (late), then resubmits with another;
+4. alice answers with the reference, bob with a catalogued mistake, and both validate; alice submits; the
+   instructor then sets a due date in the formgrader; bob submits (late), then resubmits with another mistake;
 5. the instructor collects, runs `coursegrader autograde 01_mle_kl` in a JupyterLab terminal (every kernel in the
    sandbox), generates and releases feedback;
 6. each student fetches feedback and opens it: alice has full autograded marks, bob loses exactly the points of
@@ -214,9 +214,12 @@ def assignments_tab(page):
     return page.locator("#released_assignments_list, #fetched_assignments_list").first
 
 
-def refresh_assignments(page) -> None:
+def refresh_assignments(page, shows: str = "", gone: str = "") -> None:
+    """Press the Assignments tab's refresh button and wait until its list of fetched assignments shows the
+    notebook `shows` (if given) and no longer `gone` (if given)."""
     page.locator("#refresh_assignments_list").click()
-    page.locator("#fetched_assignments_list_loading").wait_for(state="hidden")
+    page.wait_for_function("([yes, no]) => { const t = document.querySelector('#fetched_assignments_list').textContent;"
+                           " return (!yes || t.includes(yes)) && (!no || !t.includes(no)); }", arg=[shows, gone])
 
 
 def fetched(page):
@@ -245,22 +248,28 @@ def rename(page, old: str, new: str) -> None:
     page.evaluate("async ([o, n]) => { await window.jupyterapp.serviceManager.contents.rename(o, n); }", [old, new])
 
 
-def validate(page, notebook: str) -> tuple[bool, str]:
-    """Press Validate beside `notebook` in the Assignments tab: (passed, the dialog's text)."""
+def press_validate(page, notebook: str) -> None:
+    """Press Validate beside `notebook` in the Assignments tab (the validation runs on the student's server)."""
     item = fetched(page)
     if not item.locator(".assignment-notebooks").evaluate("e => e.classList.contains('in')"):
         item.locator(".assignment-notebooks-link").click()
     item.locator(".list_item", has_text=notebook).get_by_role("button", name="Validate").click()
+
+
+def validate(page, notebook: str, who: str, pressed: bool = False) -> tuple[bool, str]:
+    """Press Validate (unless `pressed` already) and read the result: (passed, the dialog's text)."""
+    if not pressed:
+        press_validate(page, notebook)
     dialog = page.locator(".jp-Dialog").first
     dialog.locator("#validation-message").wait_for()
     text, passed = dialog.inner_text(), dialog.locator(".validation-success").count() > 0
-    shot(page, f"validate-{notebook}")
+    shot(page, f"validate-{who}-{notebook}")
     dialog.locator(".jp-mod-accept").click()
     dialog.wait_for(state="detached")
     return passed, text
 
 
-def submit(page, name: str, refused: bool = False) -> str:
+def submit(page, who: str, refused: bool = False) -> str:
     """Press Submit; the new submission's timestamp (or, when `refused`, the dialog's text)."""
     before = page.locator("#submitted_assignments_list .nested_list_item").count()
     fetched(page).get_by_role("button", name="Submit").click()
@@ -268,7 +277,7 @@ def submit(page, name: str, refused: bool = False) -> str:
         dialog = page.locator(".jp-Dialog").first
         dialog.locator("#submission-message").wait_for()
         text = dialog.inner_text()
-        shot(page, f"submit-refused-{name}")
+        shot(page, f"submit-refused-{who}")
         dialog.locator(".jp-mod-accept").click()
         dialog.wait_for(state="detached")
         return text
@@ -362,33 +371,39 @@ def test_release_fetch_submit_collect_autograde_feedback_on_jupyterhub(hub, brow
 
     # 3. bob renames his notebook: Validate says so before he submits, and Submit refuses.
     rename(pages[bob], f"{AID}/{AID}.ipynb", f"{AID}/my_answers.ipynb")
-    refresh_assignments(pages[bob])
-    passed, told = validate(pages[bob], "my_answers")
+    refresh_assignments(pages[bob], shows="my_answers")
+    passed, told = validate(pages[bob], "my_answers", "bob")
     assert not passed and f"Rename it back to {AID}.ipynb" in " ".join(told.split()), f"Validate of a renamed notebook said: {told}"
-    refused = submit(pages[bob], bob, refused=True)
+    refused = submit(pages[bob], "bob", refused=True)
     assert "Assignment not submitted" in refused and f"{AID}.ipynb" in refused, refused
     rename(pages[bob], f"{AID}/my_answers.ipynb", f"{AID}/{AID}.ipynb")
-    refresh_assignments(pages[bob])
+    refresh_assignments(pages[bob], gone="my_answers")
     steps.done("a renamed notebook: Validate tells, Submit refuses")
 
-    # 4. alice hands in the reference; the due date falls after her submission, before bob's two.
+    # 4. alice answers with the reference, bob with a catalogued mistake; both validate (at once, each on their
+    # own server). Visible tests need not catch bob's mistake (the hidden ones do): his validation must run.
     write_answers(pages[alice], f"{AID}/{AID}.ipynb", REFERENCE)
-    passed, said = validate(pages[alice], AID)
+    write_answers(pages[bob], f"{AID}/{AID}.ipynb", {**REFERENCE, FIRST.cell: FIRST.code})
+    press_validate(pages[alice], AID)
+    press_validate(pages[bob], AID)
+    passed, said = validate(pages[alice], AID, "alice", pressed=True)
     assert passed, f"alice's reference answers do not validate: {said[:2000]}"
-    alice_time = submission_time(submit(pages[alice], alice))
-    steps.done("alice: reference answers, Validate passes, submit")
+    _, said = validate(pages[bob], AID, "bob", pressed=True)
+    assert "Success! Your notebook passes all the tests." in said or "The following cell failed" in said, said
+    steps.done("answers; both validate (the notebooks run)")
+    # alice submits; the due date falls after her submission and before bob's two.
+    alice_time = submission_time(submit(pages[alice], "alice"))
     due = alice_time.replace(microsecond=0) + timedelta(seconds=1 if alice_time.second != 59 else 2)
     set_due_date(fg, due)
     shot(fg, "formgrader-due-date")
     while datetime.now(timezone.utc) <= due + timedelta(seconds=0.5):
         time.sleep(0.2)
-    write_answers(pages[bob], f"{AID}/{AID}.ipynb", {**REFERENCE, FIRST.cell: FIRST.code})
-    first_time = submission_time(submit(pages[bob], bob))
+    first_time = submission_time(submit(pages[bob], "bob"))
     write_answers(pages[bob], f"{AID}/{AID}.ipynb", {**REFERENCE, SECOND.cell: SECOND.code})
-    second_time = submission_time(submit(pages[bob], bob))
+    second_time = submission_time(submit(pages[bob], "bob"))
     assert second_time > first_time > due > alice_time
     shot(pages[bob], "submitted-twice")
-    steps.done("due date in the formgrader; bob submits late, then resubmits")
+    steps.done("alice submits; due date in the formgrader; bob submits late, then resubmits")
 
     # 5. Collect, autograde with coursegrader in a terminal (sandboxed), feedback.
     formgrader_action(fg, "collect", "Successfully collected")
