@@ -281,9 +281,11 @@ def unprivileged_sandbox_reason(user: str, hub: Hub) -> str:
 
 
 def add_user(name: str, home: Path, password: str) -> None:
-    """A system user with its own group and a home folder of its own (mode 700)."""
+    """A system user with its own group and a home folder of its own (mode 700). Its uid and gid stay below
+    60000, clear of the grading sandbox's uids (coursegrader.sandbox.SANDBOX_UIDS)."""
     subprocess.run(["useradd", "--home-dir", str(home), "--no-create-home", "--shell", "/bin/bash",
-                    "--user-group", "--comment", "course hub", name], check=True, capture_output=True, text=True)
+                    "--user-group", "--key", "UID_MAX=60000", "--key", "GID_MAX=60000",
+                    "--comment", "course hub", name], check=True, capture_output=True, text=True)
     subprocess.run(["chpasswd"], input=f"{name}:{password}\n", check=True, capture_output=True, text=True)
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(home, 0o700)
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("start", help="set up (users, exchange, the instructor's course) and run the hub")
     s.add_argument("--port", type=int, default=8000)
-    sub.add_parser("remove", help="stop nothing; remove the users `make hub` made and its state folder")
+    sub.add_parser("remove", help="remove the users `make hub` made and its state folder (stop the hub first)")
     args = p.parse_args(argv)
     state = REPO / ".hub"
     try:
