@@ -5,12 +5,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TOOL   := $(BIN)/coursegrader
 
-.PHONY: demo test lab release check autograde bench venv constraints clean
+PROXY  := hub/node_modules/.bin/configurable-http-proxy
+
+.PHONY: demo test lab release check autograde bench hub hub-remove venv constraints clean
 
 demo: $(STAMP)          ## grade a sample class (reference, blank, catalogue mistakes) and print the scores
 	$(TOOL) demo
 
 test: $(STAMP)          ## the whole test suite (what CI runs)
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory $(PROXY); \
+	  else echo "make test: no npm, so no JupyterHub proxy: tests/test_hub.py will be skipped (CI installs npm)"; fi
 	$(BIN)/python -m pytest
 
 lab: $(STAMP)           ## JupyterLab as a student sees it (release/); make lab ROLE=lecturer: source/ with nbgrader's tools
@@ -29,6 +33,17 @@ autograde: $(STAMP)     ## autograde submitted/ for one assignment: make autogra
 
 bench: $(STAMP)         ## time grading 20 students per assignment: plain nbgrader vs --jobs 1 vs --jobs <cores> vs the floor
 	$(BIN)/python benchmarks/bench.py $(ASSIGNMENT) $(if $(STUDENTS),--students $(STUDENTS))
+
+hub: $(STAMP) $(PROXY)  ## a JupyterHub for the course on port 8000 (as root: makes its users; docs/hub.md)
+	$(BIN)/python -m coursegrader.hub start $(if $(PORT),--port $(PORT))
+
+hub-remove:             ## remove the users `make hub` made and its state folder .hub/
+	$(BIN)/python -m coursegrader.hub remove
+
+$(PROXY): hub/package.json hub/package-lock.json
+	@command -v npm >/dev/null || { echo "make hub: npm is missing (Debian: apt-get install npm)"; exit 2; }
+	cd hub && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(PROXY)
 
 venv: $(STAMP)
 

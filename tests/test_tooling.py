@@ -213,6 +213,26 @@ def test_autograde_grades_good_and_names_broken_submissions(tmp_path):
     assert (root / "autograded" / "alice" / "toy" / "toy.ipynb").is_file()
 
 
+def test_autograde_registers_an_assignment_the_formgrader_left_without_notebooks(tmp_path):
+    """Setting a due date or releasing in the formgrader (as on the course hub) makes the assignment's gradebook
+    row without its notebooks: autograde must still register them, and keep the due date."""
+    from nbgrader.api import Gradebook
+
+    root = make_toy_course(tmp_path / "c")
+    course = Course.load(root)
+    course_id = course.nbgrader_config().CourseDirectory.course_id
+    (root / "gradebook.db").unlink()  # the toy course comes registered: start from a gradebook without it
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}", course_id=course_id) as gb:
+        gb.update_or_create_assignment("toy", duedate="2030-01-01 12:00:00")
+        assert not gb.find_assignment("toy").notebooks
+    sampleclass.hand_in(course, root, sampleclass.Submission("alice", "toy"))
+    result = run_cli(root, "autograde", "toy", *TRUSTED_FLAGS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [line.split()[1:3] for line in result.stdout.splitlines() if line.startswith("alice")] == [["3", "3"]]
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}", course_id=course_id) as gb:
+        assert str(gb.find_assignment("toy").duedate) == "2030-01-01 12:00:00"
+
+
 def test_feedback_hides_hidden_tests_but_keeps_the_message(tmp_path):
     from coursegrader.feedback import HIDDEN_NOTE, short_error, visible_part
 
