@@ -36,6 +36,17 @@ TRUSTED = {"sandbox": SANDBOX}  # keyword for autograde.run, check.run, Grader: 
 TRUSTED_FLAGS = [] if SANDBOX else ["--no-sandbox"]  # the same for the command line
 needs_sandbox = pytest.mark.skipif(not SANDBOX, reason=f"grades hostile notebooks: needs the sandbox ({NO_SANDBOX})")
 
+
+
+def skip_or_fail(reason: str, in_ci: str) -> None:
+    """A test that cannot run here (`reason`, '' if it can) is skipped, except in CI, where it fails with `in_ci`
+    (what .ci/run installs for it)."""
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: {in_ci}")
+        pytest.skip(reason)
+
+
 _folders: list[Path] = []  # the session's own folder, removed at exit
 # Registered before anything imports multiprocessing, so it runs after multiprocessing's own exit handler,
 # which removes the fork server's folder inside ours (atexit runs the last registered first).

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SANDBOX, needs_sandbox
+from conftest import REPO, SANDBOX, needs_sandbox, skip_or_fail
 from servers import Lab, jupyterlab
 from coursegrader.course import Course
 from coursegrader.lab import command as lab_command
@@ -75,11 +75,7 @@ def lab_settings(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Lab:
-    reason = missing()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: CI must run the browser tests (.ci/run installs chromium)")
-        pytest.skip(reason)
+    skip_or_fail(missing(), "CI must run the browser tests (.ci/run installs chromium)")
     root = tmp_path_factory.mktemp("lab")
     for name in ("source", "release"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NO_SANDBOX, REPO
+from conftest import NO_SANDBOX, REPO, skip_or_fail
 from servers import free_port
 from test_browser import ARTIFACTS, CHROMIUM, FLAGS
 from coursegrader import hub as course_hub
@@ -108,11 +108,7 @@ class Steps:
 # --- the hub --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, request) -> course_hub.Hub:
-    reason = missing()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: CI must run the hub test (.ci/run installs what it needs)")
-        pytest.skip(reason)
+    skip_or_fail(missing(), "CI must run the hub test (.ci/run installs what it needs)")
     base = tmp_path_factory.mktemp("hub")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     tag = secrets.token_hex(3)  # users of this test only: nobody else's account is touched
