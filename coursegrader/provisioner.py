@@ -92,19 +92,25 @@ class Template:
         with self._lock:
             if self.control is None:
                 raise TemplateGone("the tests' kernel template was closed")
-            if not self.ready:
-                self._wait_ready()
             try:
-                socket.send_fds(self.control, [json.dumps(message).encode()], list(fds))
-            except OSError as exc:
-                raise TemplateGone(f"the tests' kernel template is gone ({exc})") from None
-            reply = self._receive()
+                if not self.ready:
+                    self._wait_ready()
+                try:
+                    socket.send_fds(self.control, [json.dumps(message).encode()], list(fds))
+                except OSError as exc:
+                    raise TemplateGone(f"the tests' kernel template is gone ({exc})") from None
+                reply = self._receive()
+            except TemplateGone:  # a late answer would be taken for the next request's: never ask this one again
+                self.control.close()
+                self.control = None
+                raise
         if "error" in reply:
             raise RuntimeError(f"the tests' kernel template: {reply['error']}")
         return reply
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        """Running and answering: template_for replaces a template that is not."""
+        return self.control is not None and self.process.poll() is None
 
     def fork(self, connection_file: str, channel: int) -> tuple[int, int]:
         """A new kernel on this connection file, holding `channel`: (its pid in the template, the channel's fd
