@@ -215,8 +215,8 @@ class GuardedExecute(NotebookClientHooks, Execute):
     start_new_kernel_client = run_sync(async_start_new_kernel_client)
 
     async def _connect_kernels(self, kc) -> None:
-        """Start the tests' client, and load proxy.py into both kernels (the tests' kernel also imports the heavy
-        packages the notebook imports, while the student's cells run, so that the first test cell does not wait)."""
+        """Start the tests' client, and load proxy.py into both kernels (the tests' kernel has numpy and torch
+        already: its template imported them)."""
         self.tkc = self.tkm.client()
         for channel in (self.tkc.shell_channel, self.tkc.iopub_channel):
             poll_in_slices(channel)
@@ -224,8 +224,7 @@ class GuardedExecute(NotebookClientHooks, Execute):
         await connected(self.tkc, self.startup_timeout)
         self.tkc.allow_stdin = False
         student_fd, tests_fd = self.channel
-        preload = sorted({module.split(".")[0] for module, _ in self.course_imports.values()} & PRELOAD)
-        self.tests_loading = self.tkc.execute(split.load_code(tests_fd, proxy.TESTS, tuple(preload)),
+        self.tests_loading = self.tkc.execute(split.load_code(tests_fd, proxy.TESTS),
                                               silent=True, store_history=False)
         await self._reply(kc, kc.execute(split.load_code(student_fd, proxy.STUDENT), silent=True,
                                          store_history=False), self.startup_timeout, "load the channel")

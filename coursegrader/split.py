@@ -126,11 +126,10 @@ def _top_level(source: str) -> set[str]:
     return names
 
 
-def load_code(fd: int, side: str, preload: tuple[str, ...] = ()) -> str:
+def load_code(fd: int, side: str) -> str:
     """Code a kernel runs once, before any cell: proxy.py becomes its module `proxy.MODULE`, connected on `fd`.
     It binds no name in the notebook's namespace."""
-    imports = "".join(f"import {m}\n" for m in preload)
-    boot = (f"{imports}import sys, types\n"
+    boot = ("import sys, types\n"
             f"module = types.ModuleType({proxy.MODULE!r})\n"
             f"exec(compile(source, {proxy.__file__!r}, 'exec'), module.__dict__)\n"
             f"sys.modules[{proxy.MODULE!r}] = module\n"
