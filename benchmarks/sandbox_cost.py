@@ -1,7 +1,7 @@
 """`python benchmarks/sandbox_cost.py`: is the sandbox available here, and what does it cost per notebook?
 
 The cost that matters is kernel start: every notebook is graded in a fresh kernel, so the sandbox's
-launcher, bwrap's mounts and the uid switch are paid once per notebook. Measured as the median of a
+provisioner, bwrap's mounts and the uid switch are paid once per notebook. Measured as the median of a
 few starts, each until the kernel answers kernel_info, with and without the sandbox.
 """
 

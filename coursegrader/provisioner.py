@@ -1,5 +1,12 @@
-"""Tests' kernels forked from a template (template.py), through jupyter_client's kernel provisioner hook.
+"""How grading kernels start: jupyter_client kernel provisioners (the library's hook for how a kernel process starts).
 
+`SandboxProvisioner` (entry point `coursegrader-sandbox`, named in every KernelBox's kernel spec) starts a
+kernel in its box: jupyter_client prepares it as usual (ports, connection file, the ipykernel command), and
+the provisioner has the box wrap the command in bubblewrap with its limits, scratch HOME and folder
+(sandbox.py). The kernel's stdout (ipykernel's banner) goes nowhere, and its stderr to the logger
+`coursegrader.kernel` (`coursegrader -vv` shows it), never into the TA's terminal.
+
+The tests' kernels are forked from a template (template.py) instead:
 `Template` starts the template process in a KernelBox of its own (sandboxed like any kernel) and asks it for
 kernels. One template serves every notebook a grading process grades from the same tests' folder: it is
 started on first use (`template_for`) and stopped when the process ends.
@@ -20,6 +27,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -29,9 +37,11 @@ from pathlib import Path
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Unicode
 
+from . import sandbox
 from .sandbox import KernelBox, Limits
 
 log = logging.getLogger(__name__)
+kernel_log = logging.getLogger("coursegrader.kernel")
 
 PROVISIONER = "coursegrader-template"
 START_TIMEOUT = 120.0  # seconds for the template's imports (torch takes a few on a busy machine)
@@ -54,10 +64,14 @@ class Template:
         self.box = KernelBox(folder, sandbox=sandbox, limits=limits,
                              provisioner={"provisioner_name": PROVISIONER, "config": {"template": self.key}})
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            command = [*self.box.launcher, "--template", str(theirs.fileno()), "--preload", ",".join(preload)]
-            self.process = subprocess.Popen(command, cwd=folder, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+        try:  # -c: the sandbox sees the Python installation, not this package's folder
+            source = Path(__file__).with_name("template.py").read_text(encoding="utf-8")
+            kernel = [sys.executable, "-P", "-c", source, str(theirs.fileno()), ",".join(preload)]
+            command, settings = self.box.launch(kernel, str(self.box.runtime), folder)
+            with StderrLog("tests' kernel template") as stderr:
+                self.process = subprocess.Popen(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                                stdout=subprocess.DEVNULL, stderr=stderr.fd, start_new_session=True,
+                                                **settings)
         except BaseException:
             ours.close()
             self.box.close()
@@ -232,3 +246,55 @@ class TemplateProvisioner(LocalProvisioner):
         await super().cleanup(restart)
         if not restart and self.parent is not None and self.parent.connection_file:
             shutil.rmtree(os.path.dirname(self.parent.connection_file), ignore_errors=True)
+
+
+class StderrLog:
+    """A pipe for a kernel's stderr, read by a thread that sends each line to the logger `coursegrader.kernel`
+    (DEBUG: `coursegrader -vv` shows it) and keeps the last `TAIL` bytes for a message when the kernel dies.
+
+    Use: `with StderrLog(name) as stderr:` start the process with `stderr=stderr.fd`; the grader's end of the
+    pipe is closed when the block ends, so the thread stops when the kernel (and whatever it started) does."""
+
+    TAIL = 4096
+
+    def __init__(self, name: str):
+        self.name = name
+        self.tail = b""
+        self._read, self.fd = os.pipe()
+        threading.Thread(target=self._drain, name=f"stderr of {name}", daemon=True).start()
+
+    def _drain(self) -> None:
+        with os.fdopen(self._read, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(65536):
+                self.tail = (self.tail + chunk)[-self.TAIL:]
+                if kernel_log.isEnabledFor(logging.DEBUG):
+                    for line in chunk.decode(errors="replace").splitlines():
+                        kernel_log.debug("%s: %s", self.name, line)
+
+    def __enter__(self) -> StderrLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+
+    def last_lines(self, n: int = 5) -> str:
+        return "\n".join(self.tail.decode(errors="replace").splitlines()[-n:])
+
+
+class SandboxProvisioner(LocalProvisioner):
+    """LocalProvisioner, but the kernel starts in the KernelBox named in the kernel spec's config (sandbox.py):
+    bubblewrap, limits, a scratch HOME and folder; its stdout to nowhere and its stderr to `coursegrader.kernel`."""
+
+    box = Unicode(help="which open KernelBox the kernel starts in (set by the box's kernel spec)")
+    stderr: StderrLog | None = None
+
+    async def pre_launch(self, **kwargs) -> dict:
+        kwargs = await super().pre_launch(**kwargs)  # the connection file is written, the command formatted
+        folder = os.path.dirname(self.parent.connection_file)
+        command, settings = sandbox.box(self.box).launch(kwargs.pop("cmd"), folder, kwargs.get("cwd") or os.getcwd())
+        return {**kwargs, **settings, "cmd": command}
+
+    async def launch_kernel(self, cmd: list[str], **kwargs) -> dict:
+        with StderrLog(f"kernel {os.path.basename(os.path.dirname(self.parent.connection_file))}") as self.stderr:
+            return await super().launch_kernel(cmd, **{**kwargs, "stdout": subprocess.DEVNULL,
+                                                       "stderr": self.stderr.fd})

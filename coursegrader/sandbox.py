@@ -1,8 +1,10 @@
 """Grading kernels in a bubblewrap sandbox.
 
 A student's notebook runs with the grader's permissions unless something stops it. Every grading kernel
-starts from a `KernelBox` (one per notebook): a kernel spec whose command is this module's launcher, which
-execs `bwrap`:
+starts from a `KernelBox` (one per notebook): a folder with a kernel spec that names the sandbox's kernel
+provisioner (provisioner.py's `SandboxProvisioner`, jupyter_client's hook for how a kernel process starts).
+The provisioner asks the box for the command and the process settings (`KernelBox.launch`), which run the
+kernel in `bwrap`:
 
 - the file system is empty but for read-only system directories, the Python installation and a few
   files of /etc: no course directory, no gradebook, no other student, no home directory;
@@ -15,36 +17,38 @@ execs `bwrap`:
 - no network (a new network namespace: even loopback is a different one), new PID/IPC/UTS namespaces,
   and the sandbox dies with the grader;
 - an environment cleared down to a short allow-list (a TA's tokens never reach student code);
-- limits on address space, processes (threads count) and file size; run as root, the kernel drops to
-  an unused uid claimed per box (SANDBOX_UIDS), so that the process limit holds and leftovers can be killed.
+- limits on address space, processes (threads count) and file size (util-linux's `prlimit`, so no Python
+  code runs between fork and exec); run as root, the kernel drops to an unused uid claimed per box
+  (SANDBOX_UIDS), so that the process limit holds and leftovers can be killed.
 
 The explicit opt-out (`KernelBox(sandbox=False)`, for trusted notebooks where bubblewrap cannot run) keeps
 the scratch folders, the environment, the import path and the limits, without bwrap and its uid.
-
-This module is the launcher as well (`python -m coursegrader.sandbox ...`), so it imports only the
-standard library: it runs once per kernel start.
 """
 
 from __future__ import annotations
 
-import argparse
-import fcntl
 import json
+import logging
 import os
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+from filelock import FileLock, Timeout
+
+log = logging.getLogger(__name__)
+
 KERNEL_NAME = "coursegrader-sandbox"
+PROVISIONER = "coursegrader-sandbox"  # the entry point of provisioner.SandboxProvisioner
 GiB, MiB = 1024**3, 1024**2
 # The uids kernels run as when the grader is root: ones no account uses (Debian leaves 60000-64999 to
-# local admins). Each grader claims one for its lifetime (a lock file), so that the process limit counts
+# local admins). Each box claims one for its lifetime (a lock file), so that the process limit counts
 # only its own kernel and killing that uid's leftovers never touches another grader's kernel.
 SANDBOX_UIDS = range(64900, 65000)
 
@@ -58,6 +62,8 @@ ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "fonts", "passw
 KEEP_ENV = ("NBGRADER_EXECUTION", "LANG", "LC_ALL", "TZ", "PYTHONHASHSEED", "MPLBACKEND",
             "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
+_boxes: weakref.WeakValueDictionary[str, KernelBox] = weakref.WeakValueDictionary()  # open boxes, by key
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -67,6 +73,12 @@ class Limits:
     processes: int = 512  # tasks of the sandbox uid, threads included
     file_bytes: int = 256 * MiB  # largest file the kernel may write
     open_files: int = 1024
+
+    def prlimit(self, processes: int) -> list[str]:
+        """util-linux's prlimit, setting these limits on the command that follows it."""
+        prlimit = shutil.which("prlimit", path="/usr/bin:/bin") or "prlimit"
+        return [prlimit, f"--as={self.memory_bytes}", f"--fsize={self.file_bytes}", f"--nofile={self.open_files}",
+                f"--nproc={processes}", "--"]
 
 
 def unavailable_reason() -> str:
@@ -93,34 +105,50 @@ def _namespaces() -> list[str]:
     return spaces if os.geteuid() == 0 else ["--unshare-user", *spaces]
 
 
-def claim_uid() -> tuple[int, object]:
-    """A sandbox uid no other grader on this machine holds, and the open lock file that holds it."""
+def claim_uid() -> tuple[int, FileLock]:
+    """A sandbox uid no other box on this machine holds, and the lock that holds it (released by `release()`, or
+    when this process ends)."""
     # One folder for the whole machine (never TMPDIR, which differs between graders): /run, where root keeps locks.
     folder = Path("/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()) / "coursegrader-uids"
     folder.mkdir(mode=0o700, exist_ok=True)
     for uid in SANDBOX_UIDS:
-        lock = open(folder / str(uid), "w")
+        lock = FileLock(folder / str(uid), timeout=0)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.acquire()
             return uid, lock
-        except BlockingIOError:
-            lock.close()
+        except Timeout:
+            continue
     raise RuntimeError(f"all {len(SANDBOX_UIDS)} sandbox uids are held by running graders")
 
 
-class KernelBox:
-    """Where one notebook's kernels start: a private folder holding the kernel spec (whose command is this
-    module's launcher), a runtime folder with a fresh subfolder per kernel (connection file, IPC sockets),
-    and, when the grader is root, a sandbox uid claimed for as long as the box is open.
+def tasks_of(uid: int) -> int:
+    """Tasks (threads included) that `uid` runs now: RLIMIT_NPROC counts them all, not just one sandbox's."""
+    count = 0
+    for process in psutil.process_iter(["uids", "num_threads"]):
+        uids = process.info["uids"]
+        if uids is not None and uids.real == uid:
+            count += process.info["num_threads"] or 1
+    return count
 
-    `sandbox=False` is the explicit opt-out for trusted notebooks on a machine without bubblewrap: the same
-    launcher then starts the kernel without bwrap, but still with a scratch HOME, TMPDIR and working folder
-    of its own, the cleared environment and the limits. It runs as the grader's own user: without bwrap's
-    mounts, another uid may not reach the Python installation (under /root, say).
+
+class KernelBox:
+    """Where one notebook's kernels start: a private folder holding the kernel spec (which names the sandbox's
+    provisioner), a runtime folder with a fresh subfolder per kernel (connection file, IPC sockets), and,
+    when the grader is root, a sandbox uid claimed for as long as the box is open.
+
+    `sandbox=False` is the explicit opt-out for trusted notebooks on a machine without bubblewrap: the kernel
+    then starts without bwrap, but still with a scratch HOME, TMPDIR and working folder of its own, the cleared
+    environment and the limits. It runs as the grader's own user: without bwrap's mounts, another uid may not
+    reach the Python installation (under /root, say).
+
+    `provisioner`: the kernel spec's provisioner instead of the sandbox's (the tests' kernels' template,
+    whose kernels are forked rather than started: provisioner.py).
     """
 
     def __init__(self, cwd: str, sandbox: bool = True, limits: Limits = Limits(), provisioner: dict | None = None):
-        self.sandbox = sandbox
+        self.sandbox, self.limits = sandbox, limits
+        self.cwd = os.path.realpath(cwd)
+        self.key = os.urandom(8).hex()
         # Short names: the kernel's IPC sockets live here, and a UNIX socket's path has at most 107 bytes.
         parent = tempfile.gettempdir()
         self._folder = tempfile.TemporaryDirectory(prefix="cgk-", dir=parent if len(parent) <= 56 else "/tmp")
@@ -131,23 +159,70 @@ class KernelBox:
         self.kernels = self.workdir / "kernels"
         spec_dir = self.kernels / KERNEL_NAME
         spec_dir.mkdir(parents=True)
-        argv = [sys.executable, "-I", "-m", "coursegrader.sandbox", "--limits", json.dumps(asdict(limits)),
-                "--uid", str(self.uid), "--runtime", str(self.runtime), "--cwd", os.path.realpath(cwd),
-                *([] if sandbox else ["--no-bwrap"]), "{connection_file}"]
-        self.launcher = argv[:-1]  # without the connection file: what starts a template (template.py)
-        metadata = {"debugger": False, **({"kernel_provisioner": provisioner} if provisioner else {})}
+        # -P: the kernel's folder is never on its import path, so a file handed in beside the notebook
+        # (ipykernel_launcher.py, numpy.py) cannot stand in for a module the kernel or the notebook imports.
+        argv = [sys.executable, "-P", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        provisioner = provisioner or {"provisioner_name": PROVISIONER, "config": {"box": self.key}}
         spec = {"argv": argv, "display_name": "Python 3 (grading)", "language": "python",
-                "interrupt_mode": "message", "metadata": metadata}
+                "interrupt_mode": "message", "metadata": {"debugger": False, "kernel_provisioner": provisioner}}
         (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
+        _boxes[self.key] = self
 
     def connection_file(self) -> str:
         """A connection file in a fresh folder, for the next kernel (its IPC sockets go beside it)."""
         return os.path.join(tempfile.mkdtemp(prefix="k-", dir=self.runtime), "kernel.json")
 
+    def launch(self, kernel: list[str], runtime: str, cwd: str) -> tuple[list[str], dict]:
+        """The command line and the Popen keywords (env, cwd) that start `kernel` in this box.
+
+        `runtime` is the kernel's writable folder: a folder `connection_file()` made (or, for a template, the
+        box's runtime folder, which will hold its kernels' folders). The kernel gets a fresh HOME and a fresh
+        copy of `cwd` (the notebook's folder) in it, made here, after whatever an earlier kernel of this box left
+        running is killed."""
+        runtime = os.path.realpath(runtime)
+        if os.path.realpath(cwd) != self.cwd:
+            raise RuntimeError(f"will not run a kernel in {cwd}: this box is for {self.cwd}")
+        if runtime != str(self.runtime) and os.path.dirname(runtime) != str(self.runtime):
+            raise RuntimeError(f"{runtime} is not a kernel folder of this box ({self.runtime})")
+        uid = self.uid if os.geteuid() == 0 and self.sandbox else None
+        self._clear(uid)
+        # Fresh folders for this kernel only (random names: nothing can be planted in advance).
+        scratch = tempfile.mkdtemp(prefix="home-", dir=runtime)
+        work = tempfile.mkdtemp(prefix="work-", dir=runtime)
+        shutil.copytree(self.cwd, work, symlinks=True, dirs_exist_ok=True)
+        os.mkdir(os.path.join(scratch, "matplotlib"))
+        cache = Path.home() / ".cache" / "matplotlib"  # a font cache saves every kernel ~1 s of font scanning
+        for fontlist in cache.glob("fontlist-*.json"):
+            shutil.copy2(fontlist, os.path.join(scratch, "matplotlib", fontlist.name))
+        if uid is not None:  # the kernel's folders are its own; nothing else of the grader's is
+            _give_to(uid, runtime)
+            processes = self.limits.processes
+        else:  # without a uid of its own, the kernel shares the grader's process count
+            processes = self.limits.processes + tasks_of(os.getuid())
+        prlimit = self.limits.prlimit(processes)
+        if not self.sandbox:  # the opt-out: the kernel works in its copy, with its own HOME and TMPDIR
+            return [*prlimit, *kernel], {"env": kernel_environment(scratch), "cwd": work}
+        return [*prlimit, *bwrap_command(kernel, runtime, self.cwd, work, scratch, uid)], {"env": {}, "cwd": self.cwd}
+
+    @staticmethod
+    def _clear(uid: int | None, wait: float = 10.0) -> None:
+        """Kill what an earlier kernel left behind (a fork bomb's children) and wait until it is gone, so that
+        the process limit is the new kernel's own. kill(-1) run as `uid` reaches exactly its processes, at once
+        (a fork bomb cannot outrun it as it could a loop over the processes)."""
+        if uid is None or not tasks_of(uid):
+            return
+        # the shell's kill: the uid cannot reach our Python, and /bin/sh is everywhere
+        subprocess.run(["/bin/sh", "-c", "kill -9 -1"], user=uid, group=uid, extra_groups=[], cwd="/",
+                       env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)
+        deadline = time.monotonic() + wait
+        while tasks_of(uid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def close(self) -> None:
         self._folder.cleanup()  # removes links, never follows them
         if self._claim is not None:
-            self._claim.close()
+            self._claim.release()
             self._claim = None
 
     def __enter__(self) -> KernelBox:
@@ -157,7 +232,15 @@ class KernelBox:
         self.close()
 
 
-# --- the launcher: runs outside the sandbox, once per kernel, and execs bwrap ------------------------
+def box(key: str) -> KernelBox:
+    """The open box a kernel spec names (provisioner.SandboxProvisioner)."""
+    found = _boxes.get(key)
+    if found is None:
+        raise RuntimeError(f"no open KernelBox {key!r} in this process")
+    return found
+
+
+# --- the command line: bwrap, its mounts and namespaces ------------------------------------------
 
 def _system_binds() -> list[str]:
     args = []
@@ -217,113 +300,9 @@ def bwrap_command(kernel: list[str], runtime: str, cwd: str, work: str, scratch:
     return [*cmd, "--", *drop_to(uid, kernel)]
 
 
-def _give_to(uid: int, *paths: str) -> None:
-    """chown folders we just made, and what is in them, without following any link."""
-    for path in paths:
-        os.lchown(path, uid, uid)
-        for dirpath, dirnames, filenames in os.walk(path):
-            for name in dirnames + filenames:
-                os.lchown(os.path.join(dirpath, name), uid, uid)
-
-
-def _apply(limits: Limits) -> None:
-    for which, value in ((resource.RLIMIT_AS, limits.memory_bytes), (resource.RLIMIT_FSIZE, limits.file_bytes),
-                         (resource.RLIMIT_NOFILE, limits.open_files), (resource.RLIMIT_NPROC, limits.processes)):
-        resource.setrlimit(which, (value, value))
-
-
-def _tasks_of(uid: int) -> int:
-    """Tasks (threads included) that `uid` runs now: RLIMIT_NPROC counts them all, not just the sandbox's."""
-    count = 0
-    for pid in os.listdir("/proc"):
-        try:
-            if pid.isdigit() and os.stat(f"/proc/{pid}").st_uid == uid:
-                count += len(os.listdir(f"/proc/{pid}/task"))
-        except OSError:
-            pass
-    return count
-
-
-def _clear(uid: int | None, wait: float = 10.0) -> None:
-    """Kill what an earlier kernel left behind (a fork bomb's children) and wait until it is gone, so that
-    the process limit is the new kernel's own. As root, kill(-1) from `uid` reaches exactly its processes."""
-    if uid is not None:
-        child = os.fork()
-        if child == 0:
-            try:
-                os.setgid(uid)
-                os.setuid(uid)
-                os.kill(-1, signal.SIGKILL)
-            except OSError:
-                pass
-            os._exit(0)
-        os.waitpid(child, 0)
-    deadline = time.monotonic() + wait
-    while uid is not None and _tasks_of(uid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-def launch(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m coursegrader.sandbox", description="start a grading kernel")
-    p.add_argument("--limits", required=True, help="JSON of Limits")
-    p.add_argument("--uid", type=int, required=True, help="uid the kernel runs as when the grader is root")
-    p.add_argument("--runtime", required=True, help="the box's folder of per-kernel runtime folders")
-    p.add_argument("--cwd", required=True, help="the notebook's folder: the kernel must be started there")
-    p.add_argument("--no-bwrap", action="store_true", help="the opt-out: no bubblewrap, everything else kept")
-    p.add_argument("--template", type=int, metavar="FD", help="start a template (template.py) on this control "
-                   "socket instead of a kernel; its kernels' folders are in --runtime")
-    p.add_argument("--preload", default="", help="with --template: modules it imports, comma-separated")
-    p.add_argument("connection_file", nargs="?")
-    args, extra = p.parse_known_args(argv)
-    limits = Limits(**json.loads(args.limits))
-    cwd = os.path.realpath(os.getcwd())
-    if args.template is not None:
-        runtime = os.path.realpath(args.runtime)
-        connection_file = None
-    elif args.connection_file:
-        connection_file = args.connection_file
-        runtime = os.path.dirname(os.path.abspath(connection_file))
-    else:
-        sys.exit("coursegrader.sandbox: a connection file or --template is needed")
-    # Folders here change owner: refuse anything but the box's own.
-    if os.path.islink(runtime) or (connection_file and os.path.dirname(runtime) != os.path.realpath(args.runtime)):
-        sys.exit(f"coursegrader.sandbox: connection file {connection_file} is not in a folder of {args.runtime}")
-    if cwd != os.path.realpath(args.cwd):
-        sys.exit(f"coursegrader.sandbox: will not run a kernel in {cwd} (the notebook's folder is {args.cwd})")
-    uid = args.uid if os.geteuid() == 0 and not args.no_bwrap else None
-    _clear(uid)
-    # Fresh folders for this kernel only (random names: nothing can be planted in advance).
-    scratch = tempfile.mkdtemp(prefix="home-", dir=runtime)
-    work = tempfile.mkdtemp(prefix="work-", dir=runtime)
-    shutil.copytree(cwd, work, symlinks=True, dirs_exist_ok=True)
-    os.mkdir(os.path.join(scratch, "matplotlib"))
-    cache = Path.home() / ".cache" / "matplotlib"  # a font cache saves every kernel ~1 s of font scanning
-    for fontlist in cache.glob("fontlist-*.json"):
-        shutil.copy2(fontlist, os.path.join(scratch, "matplotlib", fontlist.name))
-    if uid is not None:
-        _give_to(uid, scratch, work)
-        os.chown(runtime, uid, uid)
-        if connection_file:
-            os.lchown(connection_file, uid, uid)
-    else:
-        limits = Limits(limits.memory_bytes, limits.processes + _tasks_of(os.getuid()), limits.file_bytes,
-                        limits.open_files)
-    # -P: the kernel's folder is never on its import path, so a file handed in beside the notebook
-    # (ipykernel_launcher.py, numpy.py) cannot stand in for a module the kernel or the notebook imports.
-    if connection_file:
-        kernel = [sys.executable, "-P", "-m", "ipykernel_launcher", "-f", connection_file, *extra]
-    else:  # -c: the sandbox sees the Python installation, not this package's folder
-        source = Path(__file__).with_name("template.py").read_text(encoding="utf-8")
-        kernel = [sys.executable, "-P", "-c", source, str(args.template), args.preload]
-    _apply(limits)
-    null = os.open(os.devnull, os.O_WRONLY)  # ipykernel prints a connection banner to stdout: not for the TA
-    os.dup2(null, 1)
-    if args.no_bwrap:  # the opt-out: the kernel works in its copy, with its own HOME and TMPDIR
-        os.chdir(work)  # (jupyter_client has already given the launcher a session of its own)
-        os.execve(kernel[0], kernel, kernel_environment(scratch))
-    cmd = bwrap_command(kernel, runtime, cwd, work, scratch, uid)
-    os.execvp(cmd[0], cmd)
-
-
-if __name__ == "__main__":
-    launch(sys.argv[1:])
+def _give_to(uid: int, path: str) -> None:
+    """chown a folder we just made, and what is in it, without following any link."""
+    os.lchown(path, uid, uid)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), uid, uid)

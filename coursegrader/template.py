@@ -7,7 +7,7 @@ control socket. For each notebook the grader asks it for a kernel; it forks, and
 ipykernel kernel in a folder of its own (a fresh HOME, and a fresh copy of the tests' folder to work in).
 The template runs no code but this file, so every kernel it forks starts as clean as a new process.
 
-The grader's side is `provisioner.py`. This file is run by the sandbox's launcher as `python -P -c <this
+The grader's side is `provisioner.py`. This file is run in the sandbox (sandbox.KernelBox.launch) as `python -P -c <this
 source> <control fd> <modules to import>`, so it imports nothing from coursegrader.
 
 Requests on the control socket (a SOCK_SEQPACKET socket: one JSON object per message, answered in order):
