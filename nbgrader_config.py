@@ -13,22 +13,18 @@ c.CourseDirectory.course_id = "deep-generative-models"
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.integrity.json"]
 
 # Autograding runs student code: on every path (nbgrader autograde, the formgrader's Autograde button,
-# coursegrader autograde/check/demo) each notebook runs through coursegrader's GuardedExecute instead of
-# nbgrader's Execute: every kernel in a bubblewrap sandbox, restarts after a crash, a time limit per notebook
-# (5 x its budget in course.toml), output caps. The exporter refuses to start a run, and grades nobody, when
-# that cannot be had here. Opt-out, for trusted notebooks on a machine without bubblewrap only:
+# coursegrader autograde/check/demo) nbgrader's Execute is replaced by four preprocessors (coursegrader/safety.py):
+# NotebookTimeLimit (5 x the assignment's budget in course.toml for the whole notebook; another run, in fresh
+# kernels, without a cell that killed or hung the kernel), CapOutputs (outputs capped while they arrive),
+# GuardedExecute (the tests in a kernel of their own; every kernel in a bubblewrap sandbox) and SaveFindings (what
+# the TA should know). The rest of the list is nbgrader's own. The exporter refuses to start a run, and grades
+# nobody, when the guards are not all there or no sandbox can be had. Opt-out, for trusted notebooks on a machine
+# without bubblewrap only:
 #     nbgrader autograde ASSIGNMENT --GuardedExecute.sandbox=False      (coursegrader: --no-sandbox)
-# The list is nbgrader 0.9.6's own with Execute replaced (tests/test_setup.py holds it to nbgrader's).
+from coursegrader.safety import autograde_preprocessors  # noqa: E402
+
 c.Autograde.exporter_class = "coursegrader.safety.GuardedExporter"
-c.Autograde.autograde_preprocessors = [
-    "coursegrader.execution.GuardedExecute",
-    "nbgrader.preprocessors.IgnorePattern",
-    "nbconvert.preprocessors.ClearMetadataPreprocessor",
-    "nbgrader.preprocessors.LimitOutput",
-    "nbgrader.preprocessors.SaveAutoGrades",
-    "nbgrader.preprocessors.AssignLatePenalties",
-    "nbgrader.preprocessors.CheckCellMetadata",
-]
+c.Autograde.autograde_preprocessors = autograde_preprocessors()
 # A cell a student copied and pasted (a second cell with a grade_id) is graded as their own code, not a crash.
 c.Autograde.sanitize_preprocessors = [
     "nbgrader.preprocessors.ClearOutput",

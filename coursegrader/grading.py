@@ -25,7 +25,7 @@ from sqlalchemy.exc import SAWarning, SQLAlchemyError
 
 from .course import CONFIG_FILE, Course
 from .errors import CourseError
-from .execution import read_findings
+from .integrity import read_findings
 from .gradebook import Locks, describe, queue_sqlite_writers
 from .safety import refusal
 

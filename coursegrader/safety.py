@@ -4,22 +4,27 @@ Student notebooks are untrusted code. Whichever way a TA grades (`coursegrader a
 plain `nbgrader autograde`, or the formgrader's Autograde button), nbgrader's Autograde runs them, and this
 course's nbgrader_config.py sets two things for it:
 
-- `GuardedExecute` (execution.py) in place of nbgrader's Execute: every kernel in a sandbox, restarts,
-  time limits and output caps;
+- in place of nbgrader's Execute, four preprocessors (`GUARDS`): `NotebookTimeLimit` (the notebook's time
+  limit and restarts), `CapOutputs` (output caps), `GuardedExecute` (execution.py: the tests in a kernel of
+  their own, every kernel in a sandbox) and `SaveFindings` (what the TA should know);
 - `GuardedExporter` (below) as the exporter Autograde writes with: nbgrader creates it once at the start of
   a run, before any notebook is touched, so a refusal here grades nobody and says why in one line.
 
-Grading may start when GuardedExecute is in the autograde preprocessors and either bubblewrap works here
-or the sandbox was explicitly waived (`GuardedExecute.sandbox = False`, coursegrader's `--no-sandbox`).
+Grading may start when the autograde preprocessors hold the four guards, enabled and in that order, and
+nothing else that executes a notebook, and either bubblewrap works here or the sandbox was explicitly waived
+(`GuardedExecute.sandbox = False`, coursegrader's `--no-sandbox`).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
+from nbclient import NotebookClient
 from nbconvert.exporters import NotebookExporter
+from nbconvert.preprocessors import ExecutePreprocessor
 from nbgrader.converters import Autograde
 from nbgrader.converters.base import NbGraderException
+from nbgrader.preprocessors import Execute
 from traitlets.config import Config
 from traitlets.utils.importstring import import_item
 
@@ -35,18 +40,50 @@ def sandbox_problem() -> str:
     return unavailable_reason()
 
 
-def _guarded_class(preprocessors: list) -> type | None:
-    """The GuardedExecute (or subclass) among Autograde's preprocessors, given as classes or import strings."""
-    from .execution import GuardedExecute
+GUARDS = ("coursegrader.timelimit.NotebookTimeLimit", "coursegrader.outputcaps.CapOutputs",
+          "coursegrader.execution.GuardedExecute", "coursegrader.integrity.SaveFindings")
 
+
+def autograde_preprocessors() -> list:
+    """nbgrader's own autograde preprocessors, with its Execute replaced by GUARDS (nbgrader_config.py sets this).
+    An nbgrader whose list has no Execute is refused here, at configuration time, rather than graded unguarded."""
+    default = Autograde.class_traits()["autograde_preprocessors"].make_dynamic_default()
+    if Execute not in default:
+        raise RuntimeError("nbgrader's autograde preprocessors no longer hold its Execute: coursegrader cannot put "
+                           "its guards in their place (see coursegrader/safety.py)")
+    i = default.index(Execute)
+    return [*default[:i], *GUARDS, *default[i + 1:]]
+
+
+def _classes(preprocessors: list) -> list:
+    found = []
     for preprocessor in preprocessors:
         try:
-            cls = import_item(preprocessor) if isinstance(preprocessor, str) else preprocessor
+            found.append(import_item(preprocessor) if isinstance(preprocessor, str) else preprocessor)
         except ImportError:
-            continue
-        if isinstance(cls, type) and issubclass(cls, GuardedExecute):
-            return cls
-    return None
+            found.append(None)
+    return found
+
+
+def guard_problem(config: Config, preprocessors: list) -> str:
+    """What is wrong with Autograde's preprocessors (classes or import strings) for grading student code, or ''."""
+    classes = _classes(preprocessors)
+    at = []
+    for name in GUARDS:
+        guard = import_item(name)
+        where = [i for i, cls in enumerate(classes) if isinstance(cls, type) and issubclass(cls, guard)]
+        if len(where) != 1:
+            return f"{name} is {'missing from' if not where else 'more than once in'} them"
+        if not classes[where[0]](config=config).enabled:
+            return f"{name} is disabled in the configuration"
+        at.append(where[0])
+    if at != sorted(at):
+        return f"they hold {', '.join(GUARDS)}, but not in that order"
+    guarded = import_item(GUARDS[2])
+    for cls in classes:
+        if isinstance(cls, type) and issubclass(cls, (NotebookClient, ExecutePreprocessor)) and not issubclass(cls, guarded):
+            return f"{cls.__module__}.{cls.__name__} would run student code unguarded"
+    return ""
 
 
 def refusal(config: Config, preprocessors: list | None = None) -> str:
@@ -54,12 +91,11 @@ def refusal(config: Config, preprocessors: list | None = None) -> str:
     `config` sets it)."""
     if preprocessors is None:
         preprocessors = Autograde(config=config).autograde_preprocessors
-    guarded = _guarded_class(preprocessors)
-    if guarded is None:
-        return ("refusing to grade: nbgrader's autograde preprocessors do not include "
-                "coursegrader.execution.GuardedExecute (see the course's nbgrader_config.py), so student code "
-                "would run unguarded and unsandboxed")
-    if not guarded(config=config).sandbox:  # the explicit opt-out
+    problem = guard_problem(config, preprocessors)
+    if problem:
+        return (f"refusing to grade: nbgrader's autograde preprocessors are not guarded ({problem}; see the course's "
+                "nbgrader_config.py), so student code would run unguarded and unsandboxed")
+    if not import_item(GUARDS[2])(config=config).sandbox:  # the explicit opt-out
         return ""
     problem = sandbox_problem()
     if problem:

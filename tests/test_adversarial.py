@@ -36,8 +36,8 @@ pytestmark = pytest.mark.pipeline
 
 # Short limits, so that the loops cost seconds, not minutes: 5 s a cell; a notebook has its budget (30 s in the
 # toy course.toml), no more; 3 MB of outputs.
-FAST = "\n# Adversarial suite: short limits.\nc.Execute.timeout = 5\nc.GuardedExecute.budget_factor = 1\n" \
-       "c.GuardedExecute.max_notebook_output_bytes = 3_000_000\n"
+FAST = "\n# Adversarial suite: short limits.\nc.Execute.timeout = 5\nc.NotebookTimeLimit.budget_factor = 1\n" \
+       "c.CapOutputs.max_notebook_output_bytes = 3_000_000\n"
 
 
 def make_course(path):

@@ -97,23 +97,24 @@ def test_student_data_is_ignored_by_git():
 
 
 def test_autograde_is_nbgraders_own_with_execute_guarded(course):
-    """nbgrader_config.py names nbgrader's autograde steps itself: this fails when an nbgrader upgrade changes
-    its own lists, so that the course's copy is brought up to date instead of silently dropping a step."""
+    """nbgrader_config.py takes nbgrader's own autograde steps and puts the four guards where its Execute was, so an
+    nbgrader upgrade that changes its list is followed; the sanitizers are a copy of nbgrader's, which this holds
+    to nbgrader's own list so that an upgrade that changes it is noticed instead of silently dropping a step."""
     from nbgrader.converters import Autograde
     from nbgrader.preprocessors import DeduplicateIds, Execute
     from traitlets.utils.importstring import import_item
 
-    from coursegrader.execution import GuardedExecute
-    from coursegrader.safety import GuardedExporter
+    from coursegrader.safety import GUARDS, GuardedExporter
     from coursegrader.sanitize import ForgetStrayCells
 
     config = course.nbgrader_config()
     traits = Autograde.class_traits()
-    ours = {name: [import_item(p) for p in config.Autograde[name]]
+    ours = {name: [import_item(p) if isinstance(p, str) else p for p in config.Autograde[name]]
             for name in ("autograde_preprocessors", "sanitize_preprocessors")}
     shipped = {name: traits[name].make_dynamic_default() for name in ours}
-    assert ours["autograde_preprocessors"] == [GuardedExecute if p is Execute else p
-                                               for p in shipped["autograde_preprocessors"]], shipped
+    at = shipped["autograde_preprocessors"].index(Execute)
+    assert ours["autograde_preprocessors"] == [*shipped["autograde_preprocessors"][:at], *map(import_item, GUARDS),
+                                               *shipped["autograde_preprocessors"][at + 1:]], shipped
     after = shipped["sanitize_preprocessors"].index(DeduplicateIds) + 1
     assert ours["sanitize_preprocessors"] == [*shipped["sanitize_preprocessors"][:after], ForgetStrayCells,
                                               *shipped["sanitize_preprocessors"][after:]], shipped
@@ -121,10 +122,22 @@ def test_autograde_is_nbgraders_own_with_execute_guarded(course):
 
 
 def test_grading_refuses_when_execute_is_not_guarded(course):
-    from coursegrader.safety import as_nbgrader_ships, refusal
+    """Grading starts only with the four guards, enabled, in order, and nothing else that executes notebooks."""
+    from nbgrader.preprocessors import Execute
+
+    from coursegrader.safety import GUARDS, as_nbgrader_ships, refusal
 
     config = course.nbgrader_config()
     config.GuardedExecute.sandbox = False  # the opt-out: the sandbox is not the question here
     assert refusal(config) == ""
+    guarded = list(config.Autograde.autograde_preprocessors)
+    for name in GUARDS:
+        without = [p for p in guarded if p != name]
+        assert f"{name} is missing" in refusal(config, without), name
+    swapped = [GUARDS[1] if p == GUARDS[0] else GUARDS[0] if p == GUARDS[1] else p for p in guarded]
+    assert "not in that order" in refusal(config, swapped)
+    assert "would run student code unguarded" in refusal(config, [*guarded, Execute])
+    config.CapOutputs.enabled = False
+    assert "CapOutputs is disabled" in refusal(config)
     as_nbgrader_ships(config)
-    assert "do not include coursegrader.execution.GuardedExecute" in refusal(config)
+    assert "refusing to grade" in refusal(config)

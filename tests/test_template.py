@@ -131,3 +131,37 @@ def test_the_provisioner_still_fits_the_jupyter_client_it_was_written_against():
     assert used <= {"poll", "wait", "send_signal", "kill", "terminate"} and "poll" in used
     stand_in = provisioner.ForkedKernel(None, 1)
     assert all(hasattr(stand_in, name) for name in used | {"stdin", "stdout", "stderr", "pid", "returncode"})
+
+
+def test_a_sandboxed_kernels_stderr_goes_to_the_log_not_the_terminal(tmp_path, caplog, capfd):
+    """The student's kernel starts through SandboxProvisioner: in its box's folder copy, with the limits, and what it
+    writes to its stderr reaches the logger `coursegrader.kernel` (shown by `coursegrader -vv`), not the terminal."""
+    import logging
+
+    from coursegrader.sandbox import KernelBox, Limits
+
+    folder = tmp_path / "student"
+    folder.mkdir()
+    caplog.set_level(logging.DEBUG, logger="coursegrader.kernel")
+    with KernelBox(str(folder), sandbox=SANDBOX, limits=Limits(open_files=512)) as box:
+        km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(box.kernels)]))
+        km.transport = "ipc"
+        km.connection_file = box.connection_file()
+        km.start_kernel(cwd=str(folder))
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+            assert isinstance(km.provisioner, provisioner.SandboxProvisioner)
+            seen = evaluate(kc, "import os, resource; os.write(2, b'a line on fd 2\\n')",
+                            "(os.getcwd() != os.path.realpath(os.environ['HOME']), "
+                            "resource.getrlimit(resource.RLIMIT_NOFILE)[1])")
+            assert eval(seen) == (True, 512), f"the kernel runs with the box's limits and its own HOME: {seen}"
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+    deadline = time.monotonic() + 5
+    while "a line on fd 2" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "a line on fd 2" in caplog.text, "the kernel's stderr reaches the logger coursegrader.kernel"
+    assert "a line on fd 2" not in capfd.readouterr().err, "the kernel's stderr never reaches the terminal"
