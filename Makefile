@@ -31,8 +31,8 @@ autograde: $(STAMP)     ## autograde submitted/ for one assignment: make autogra
 	@test -n "$(ASSIGNMENT)" || { echo "usage: make autograde ASSIGNMENT=<assignment id>"; exit 2; }
 	$(TOOL) autograde $(ASSIGNMENT)
 
-bench: $(STAMP)         ## time grading 20 students per assignment: plain nbgrader vs --jobs 1 vs --jobs <cores> vs the floor
-	$(BIN)/python benchmarks/bench.py $(ASSIGNMENT) $(if $(STUDENTS),--students $(STUDENTS))
+bench: $(STAMP)         ## time grading 20 students per assignment, then the small class (8 of 02_elbo): plain nbgrader vs --jobs 1 vs --jobs <cores> vs the floor; SMALL=1: the small class only
+	$(BIN)/python benchmarks/bench.py $(if $(SMALL),--small,$(ASSIGNMENT) $(if $(STUDENTS),--students $(STUDENTS)))
 
 hub: $(STAMP) $(PROXY)  ## a JupyterHub for the course on port 8000 (as root: makes its users; docs/hub.md)
 	$(BIN)/python -m coursegrader.hub start $(if $(PORT),--port $(PORT))

@@ -58,3 +58,17 @@ def test_the_floor_is_compared_with_the_faster_run_and_plain_with_the_first():
     assert round(speedup, 3) == round(180 / 110, 3), "the speed-up on plain must use the first --jobs run"
     assert round(floor, 3) == round(100 / 80, 3), "the floor ratio must use the faster --jobs run"
     assert "again" in b.format() and "the faster of the two" in b.format()
+
+
+def test_the_small_class_is_held_to_the_speedup_on_plain_only():
+    """The small class (issue 20, item 7) has its own target line: 1.7x on plain nbgrader; its floor is reported
+    in the table but is not a target, and its title says which class it is."""
+    b = bench(110.0)
+    b.small = True
+    targets = b.targets()
+    assert len(targets) == 3 and not any("floor" in name for name in targets)
+    (name, (speedup, op, target, ok)), *_ = targets.items()
+    assert name.startswith("small class:") and op == ">=" and target == 1.7
+    assert round(speedup, 3) == round(180 / 110, 3) and not ok and not b.met
+    assert b.format().startswith("The small class:") and b.format().count("MISSED") == 1
+    assert b.as_json()["class"] == "small"
