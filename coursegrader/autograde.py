@@ -36,16 +36,12 @@ from .table import fmt, printable, render, row
 log = logging.getLogger(__name__)
 
 
-def submitted(course: Course, aid: str) -> list[str]:
-    """Students with a folder submitted/<student>/<aid>/ (maybe none)."""
-    return sorted(p.parent.name for p in (course.root / "submitted").glob(f"*/{aid}") if p.is_dir())
-
-
 def submissions(course: Course, aid: str) -> list[str]:
-    """Students with a folder submitted/<student>/<aid>/; CourseError if there is none."""
-    students = submitted(course, aid)
+    """Students with a folder submitted/<student>/<aid>/."""
+    submitted = course.root / "submitted"
+    students = sorted(p.parent.name for p in submitted.glob(f"*/{aid}") if p.is_dir())
     if not students:
-        raise CourseError(f"no submissions for {aid}: expected {course.root / 'submitted'}/<student>/{aid}/{aid}.ipynb")
+        raise CourseError(f"no submissions for {aid}: expected {submitted}/<student>/{aid}/{aid}.ipynb")
     return students
 
 
@@ -154,8 +150,7 @@ def run(course: Course, aid: str, students: list[str] | None = None, sandbox: bo
     start = time.perf_counter()
     grader = Grader(course, course.root, sandbox=sandbox, db_url=db_url)
     grader.ensure_safe()  # before anything else: an unsafe run grades nobody
-    named = bool(students)
-    students = students or submitted(course, aid)  # none: said after the gradebook's own errors, as before
+    students = students or submissions(course, aid)
     if shard is not None:
         students = shard.select(students)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(students)))
@@ -174,8 +169,6 @@ def run(course: Course, aid: str, students: list[str] | None = None, sandbox: bo
             for _ in range(jobs):  # a worker is started for each call that finds none idle
                 pool.submit(_started)
         grader.ensure_registered(aid)
-        if not named and not submitted(course, aid):
-            submissions(course, aid)  # raises: no submissions
         with tqdm(total=len(students), desc=label, unit="student") as bar:
             def finished(result: GradeResult) -> None:
                 done[result.student] = result
