@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
 import resource
 import time
@@ -32,8 +31,6 @@ from .sanitize import source_grade_ids
 from .submissions import inspect
 from .workers import context
 from .table import fmt, printable, render, row
-
-log = logging.getLogger(__name__)
 
 
 def submissions(course: Course, aid: str) -> list[str]:
@@ -99,16 +96,10 @@ class Run:
 _worker: tuple[Course, Grader] | None = None
 
 
-def _start_worker(course_root: Path, sandbox: bool, db_url: str | None, aid: str) -> None:
+def _start_worker(course_root: Path, sandbox: bool, db_url: str | None) -> None:
     global _worker
     course = Course.load(course_root)
     _worker = (course, Grader(course, course.root, sandbox=sandbox, db_url=db_url))
-    start_tests_template(_worker[1], aid)
-
-
-def _started() -> None:
-    """Nothing: submitted once per worker before the students, so that the workers start (and start their
-    templates) while the main process registers the assignment."""
 
 
 def _grade_in_worker(aid: str, student: str) -> GradeResult:
@@ -116,40 +107,13 @@ def _grade_in_worker(aid: str, student: str) -> GradeResult:
     return grade_one(course, grader, aid, student)
 
 
-def start_tests_template(grader: Grader, aid: str) -> None:
-    """Start this grading process's tests' kernel template for `aid` now instead of at its first notebook:
-    the template's imports (numpy, torch: about a second) then run while nbgrader prepares the first
-    submission and the student's kernel starts. It is the template GuardedExecute asks for (provisioner.template_for
-    with the same tests' folder, sandbox and imports); should the two ever differ, GuardedExecute closes this one and
-    starts its own, as it does today. Reading the source's imports also fills split's cache for the first notebook.
-    Nothing is started when grading here would be refused: the first student's row then says why."""
-    from . import provisioner
-    from .execution import PRELOAD, GuardedExecute
-    from .notebooks import source_of
-
-    try:
-        grader.ensure_safe()
-        guard = GuardedExecute(config=grader.config)
-        resources = {"nbgrader": {"assignment": aid, "notebook": aid}}
-        source = source_of(grader.config, resources)
-        if not source.is_file():
-            return
-        preload = tuple(sorted({module.split(".")[0] for module, _ in guard.course_bindings(resources).values()}
-                               & PRELOAD))
-        provisioner.template_for(str(source.parent), guard.sandbox, preload)
-    except Exception as exc:  # noqa: BLE001 -- only a head start: the first notebook starts the template as before
-        log.info("the tests' kernel template was not started ahead (%s: %s)", type(exc).__name__, exc)
-
-
 def run(course: Course, aid: str, students: list[str] | None = None, sandbox: bool = True,
         jobs: int | None = None, db_url: str | None = None, shard: Shard | None = None) -> Run:
-    """Grade `students` (default: every submission, or the shard's share) with `jobs` workers (default: one per core).
-
-    The workers (or, with one job, this process) start their tests' kernel templates while this process
-    registers the assignment; nobody is graded before it is registered."""
+    """Grade `students` (default: every submission, or the shard's share) with `jobs` workers (default: one per core)."""
     start = time.perf_counter()
     grader = Grader(course, course.root, sandbox=sandbox, db_url=db_url)
     grader.ensure_safe()  # before anything else: an unsafe run grades nobody
+    grader.ensure_registered(aid)
     students = students or submissions(course, aid)
     if shard is not None:
         students = shard.select(students)
@@ -157,29 +121,19 @@ def run(course: Course, aid: str, students: list[str] | None = None, sandbox: bo
     outcome = Run(aid, jobs=jobs, shard=shard, sandboxed=sandbox)
     done: dict[str, GradeResult] = {}
     label = f"autograde {aid}" + (f" (shard {shard})" if shard else "") + (f", {jobs} at once" if jobs > 1 else "")
-    pool = None
-    if jobs > 1:
-        pool = ProcessPoolExecutor(jobs, mp_context=context(), initializer=_start_worker,
-                                   initargs=(course.root, sandbox, db_url, aid))
-    try:
-        if pool is None:
-            if students:
-                start_tests_template(grader, aid)
-        else:
-            for _ in range(jobs):  # a worker is started for each call that finds none idle
-                pool.submit(_started)
-        grader.ensure_registered(aid)
-        with tqdm(total=len(students), desc=label, unit="student") as bar:
-            def finished(result: GradeResult) -> None:
-                done[result.student] = result
-                bar.update()
-                bar.set_postfix(failed=sum(not r.ok for r in done.values()),
-                                flagged=sum(bool(r.failures) for r in done.values()))
+    with tqdm(total=len(students), desc=label, unit="student") as bar:
+        def finished(result: GradeResult) -> None:
+            done[result.student] = result
+            bar.update()
+            bar.set_postfix(failed=sum(not r.ok for r in done.values()),
+                            flagged=sum(bool(r.failures) for r in done.values()))
 
-            if pool is None:
-                for student in students:
-                    finished(grade_one(course, grader, aid, student))
-            else:
+        if jobs == 1:
+            for student in students:
+                finished(grade_one(course, grader, aid, student))
+        else:
+            with ProcessPoolExecutor(jobs, mp_context=context(), initializer=_start_worker,
+                                     initargs=(course.root, sandbox, db_url)) as pool:
                 futures = {pool.submit(_grade_in_worker, aid, s): s for s in students}
                 for future in as_completed(futures):
                     try:
@@ -187,9 +141,6 @@ def run(course: Course, aid: str, students: list[str] | None = None, sandbox: bo
                     except Exception as exc:  # the worker process itself died (killed, out of memory)
                         finished(GradeResult(futures[future], aid, 0.0,
                                              error=f"the grading worker failed: {exc.__class__.__name__}: {exc}"))
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
     outcome.results = [done[s] for s in students]
     outcome.seconds = time.perf_counter() - start
     return outcome
