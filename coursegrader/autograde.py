@@ -35,16 +35,15 @@ from .table import fmt, printable, render, row
 
 def submissions(course: Course, aid: str) -> list[str]:
     """Students with a folder submitted/<student>/<aid>/."""
-    submitted = course.root / "submitted"
-    students = sorted(p.parent.name for p in submitted.glob(f"*/{aid}") if p.is_dir())
+    students = course.submitters(aid)
     if not students:
-        raise CourseError(f"no submissions for {aid}: expected {submitted}/<student>/{aid}/{aid}.ipynb")
+        raise CourseError(f"no submissions for {aid}: expected {course.submitted_notebook('<student>', aid)}")
     return students
 
 
 def shipped_files(course: Course, aid: str) -> set[str]:
     """Files the assignment provides besides its notebooks (data): not the student's extra files."""
-    folder = course.root / "source" / aid
+    folder = course.source_dir(aid)
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.suffix != ".ipynb"}
 
 
@@ -54,7 +53,7 @@ def grade_one(course: Course, grader: Grader, aid: str, student: str) -> GradeRe
     try:
         with grader.locks.student(aid, student):
             source = course.source_notebook(aid)
-            found = inspect(grader.root / "submitted" / student / aid, [aid], shipped_files(course, aid),
+            found = inspect(grader.paths.submitted_dir(student, aid), [aid], shipped_files(course, aid),
                             grade_ids=source_grade_ids(str(source), source.stat().st_mtime_ns))
             if not found.gradable:
                 grader.record_ungraded(aid, student)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from . import sampleclass
 from .course import Course
 from .feedback import feedback_leaks
-from .grading import Grader, GradeResult, make_scratch_course
+from .grading import Grader, GradeResult
 from .notebooks import read_notebook
 from .release import differences, find_leaks
 from .table import fmt, render
@@ -45,8 +45,8 @@ def time_reference(course: Course, aid: str, workdir: Path, sandbox: bool = True
 
     The reference's autograde time is what the time budget is held against, so nothing else runs meanwhile.
     """
-    root = make_scratch_course(course, workdir / aid, [aid])
-    grader = Grader(course, root, sandbox=sandbox)
+    scratch = course.make_scratch_course(workdir / aid, [aid])
+    grader = Grader(course, scratch.root, sandbox=sandbox)
     grader.generate(aid)  # the scratch release doubles as the reference for the sync check
     (_, result), = sampleclass.grade(course, grader, sampleclass.plan(course, aid)[:1])
     return result
@@ -56,21 +56,21 @@ def check_assignment(course_root: Path, aid: str, exact: bool, workdir: Path, re
                      progress: Callable[[], None] = lambda: None, sandbox: bool = True) -> AssignmentReport:
     """Phase 2: grade the rest of the sample class in the scratch course of phase 1 and judge everything."""
     course = Course.load(course_root)
-    root = workdir / aid
-    grader = Grader(course, root, sandbox=sandbox)
+    grader = Grader(course, workdir / aid, sandbox=sandbox)
+    scratch = grader.paths
     plan = sampleclass.plan(course, aid, exact)
     results = [(plan[0], reference)] + sampleclass.grade(course, grader, plan[1:], progress=lambda s: progress())
     verdict = sampleclass.verify(course, grader, aid, results)
     grader.feedback(aid)
     source_nb = read_notebook(course.source_notebook(aid))
-    for page in sorted((root / "feedback").glob(f"*/{aid}/*.html")):
-        student = page.parts[-3]
-        submitted = read_notebook(root / "submitted" / student / aid / f"{aid}.ipynb")
+    for student, page in scratch.feedback_pages(aid):
+        submitted = read_notebook(scratch.submitted_notebook(student, aid))
         verdict.problems.extend(f"feedback of {student} shows a hidden test or a mark scheme: '{line}'"
                                 for line in feedback_leaks(source_nb, page.read_text(encoding="utf-8"), submitted))
-    verdict.problems.extend(f"release/{aid}/{d}" for d in differences(root / "release" / aid, course.root / "release" / aid))
+    release = course.release_dir(aid).relative_to(course.root)
+    verdict.problems.extend(f"{release}/{d}" for d in differences(scratch.release_dir(aid), course.release_dir(aid)))
     leaks = find_leaks(read_notebook(course.source_notebook(aid)), read_notebook(course.release_notebook(aid)))
-    verdict.problems.extend(f"release/{aid} leaks: {leak}" for leak in leaks)
+    verdict.problems.extend(f"{release} leaks: {leak}" for leak in leaks)
     budget = course.declared[aid].budget_seconds
     if verdict.seconds is not None and verdict.seconds > budget:
         verdict.problems.append(f"solution notebook took {verdict.seconds:.1f} s, budget {budget:g} s")

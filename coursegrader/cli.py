@@ -18,7 +18,7 @@ def cmd_release(course: Course, args: argparse.Namespace) -> int:
 
     leaks = publish(course, course.resolve(args.assignments))
     for aid, found in leaks.items():
-        print(f"release/{aid}: " + ("clean" if not found else f"{len(found)} LEAKS"))
+        print(f"{course.release_dir(aid).relative_to(course.root)}: " + ("clean" if not found else f"{len(found)} LEAKS"))
         for leak in found:
             print(f"  {leak}")
     return 1 if any(leaks.values()) else 0
@@ -36,9 +36,9 @@ def cmd_check(course: Course, args: argparse.Namespace) -> int:
 def cmd_demo(course: Course, args: argparse.Namespace) -> int:
     from . import demo, sampleclass
 
-    dest = Path(args.dest).resolve() if args.dest else course.root / "demo"
+    dest = Path(args.dest).resolve() if args.dest else course.demo_root
     results, csv = demo.run(course, course.resolve(args.assignments), dest, sandbox=not args.no_sandbox)
-    print(demo.format_report(results, csv, dest))
+    print(demo.format_report(results, csv, course.at(dest)))
     unexpected = [f"{sub.assignment}/{sub.student}" for sub, res in results if not sampleclass.as_expected(sub, res)]
     if unexpected:
         print(f"NOT as expected: {', '.join(unexpected)} (run `coursegrader check` for the details)")
@@ -73,9 +73,8 @@ def cmd_autograde(course: Course, args: argparse.Namespace) -> int:
         print(f"shard {shard} has none of the students who submitted {aid}: nothing to grade")
         return 0
     print(autograde.format_report(outcome))
-    folder = course.root / "reports" / aid
-    if shard:  # machines sharing the course folder must not overwrite each other's reports
-        folder = folder / f"shard-{shard.index}-of-{shard.count}"
+    # machines sharing the course folder must not overwrite each other's reports: one folder per shard
+    folder = course.reports_dir(aid, (shard.index, shard.count) if shard else None)
     grades, findings = autograde.save_reports(outcome.results, folder)
     autograde.save_run(outcome, folder)
     print(f"\nSaved: {grades.relative_to(course.root)}, {findings.relative_to(course.root)}")
@@ -87,7 +86,7 @@ def cmd_report(course: Course, args: argparse.Namespace) -> int:
 
     (aid,) = course.resolve([args.assignment])
     built = report.build(course, aid, database(args))
-    paths = report.save(built, course.root / "reports" / aid)
+    paths = report.save(built, course.reports_dir(aid))
     print(f"{aid}: {len(built.students)} students, {len(built.graded)} graded, {len(built.to_look_at)} to look at")
     if built.written:
         print(f"written answers waiting for a TA: {sum(len(s.waiting) for s in built.waiting)}, from "

@@ -17,14 +17,14 @@ from tqdm import tqdm
 from . import report, sampleclass
 from .autograde import format_integrity, save_reports
 from .course import Course
-from .grading import Grader, GradeResult, make_scratch_course
+from .grading import Grader, GradeResult
 from .table import fmt, render
 
 
 def run(course: Course, aids: list[str], dest: Path,
         sandbox: bool = True) -> tuple[list[tuple[sampleclass.Submission, GradeResult]], Path]:
-    root = make_scratch_course(course, dest, aids)
-    grader = Grader(course, root, sandbox=sandbox)
+    scratch = course.make_scratch_course(dest, aids)
+    grader = Grader(course, scratch.root, sandbox=sandbox)
     grader.ensure_safe()
     # The hostile students are graded only in the sandbox: with --no-sandbox the class is our own, trusted code.
     plans = [sub for aid in aids for sub in sampleclass.plan(course, aid, hostile=sandbox)]
@@ -35,16 +35,16 @@ def run(course: Course, aids: list[str], dest: Path,
             subs = [s for s in plans if s.assignment == aid]
             graded = sampleclass.grade(course, grader, subs, progress=lambda s: bar.update())
             grader.feedback(aid)
-            save_report(course, root, aid, [res for _, res in graded])
+            save_report(course, scratch.root, aid, [res for _, res in graded])
             results += graded
             bar.update()
-    csv = grader.export_csv(root / "grades.csv")
+    csv = grader.export_csv(scratch.root / "grades.csv")
     return results, csv
 
 
 def save_report(course: Course, root: Path, aid: str, graded: list[GradeResult]) -> list[Path]:
     """What a TA gets after `coursegrader autograde` and `report`: reports/<aid>/ with grades.csv and report.html."""
-    folder = root / "reports" / aid
+    folder = course.at(root).reports_dir(aid)
     save_reports(graded, folder)
     return report.save(report.build(course, aid, root=root), folder)
 
@@ -62,7 +62,8 @@ def write_mistakes(results: list[tuple[sampleclass.Submission, GradeResult]], pa
     return path
 
 
-def format_report(results: list[tuple[sampleclass.Submission, GradeResult]], csv: Path, root: Path) -> str:
+def format_report(results: list[tuple[sampleclass.Submission, GradeResult]], csv: Path, demo: Course) -> str:
+    """The scores and where to find everything, in the sample course `demo` (the course at demo/)."""
     aids = list(dict.fromkeys(sub.assignment for sub, _ in results))
     students = list(dict.fromkeys(sub.student for sub, _ in results))
     by_key = {(sub.student, sub.assignment): res for sub, res in results}
@@ -105,8 +106,8 @@ def format_report(results: list[tuple[sampleclass.Submission, GradeResult]], csv
             for sub, res in results if sub.tamper or sub.crash]
     lines.append(render(["assignment", "student", "score", "test cells that lost points", "as expected"], rows))
     lines += ["", format_integrity([res for _, res in results], label=lambda r: f"{r.assignment}/{r.student}")]
-    lines += ["", f"Which mistake each student made, and its cost: {write_mistakes(results, root / 'mistakes.csv')}",
-              f"Grades (CSV):   {csv}", f"Grade reports (HTML): {root / 'reports'}/<assignment>/report.html",
-              f"Feedback (HTML): {root / 'feedback'}/<student>/<assignment>/<assignment>.html",
-              f"Autograded notebooks: {root / 'autograded'}"]
+    lines += ["", f"Which mistake each student made, and its cost: {write_mistakes(results, demo.root / 'mistakes.csv')}",
+              f"Grades (CSV):   {csv}", f"Grade reports (HTML): {demo.reports_dir('<assignment>')}/report.html",
+              f"Feedback (HTML): {demo.feedback_dir('<student>', '<assignment>')}/<assignment>.html",
+              f"Autograded notebooks: {demo.autograded_dir('<student>', '<assignment>')}"]
     return "\n".join(lines)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from nbgrader.coursedir import CourseDirectory
 from nbgrader.plugins import CsvExportPlugin
 from sqlalchemy.exc import SAWarning, SQLAlchemyError
 
-from .course import CONFIG_FILE, Course
+from .course import Course
 from .errors import CourseError
 from .integrity import read_findings
 from .gradebook import Locks, describe, queue_sqlite_writers
@@ -142,6 +141,7 @@ class Grader:
         queue_sqlite_writers()
         self.course = course
         self.root = root
+        self.paths = course.at(root)  # the course's folders at this root
         self.config = course.nbgrader_config(root)
         if db_url:
             self.config.CourseDirectory.db_url = db_url
@@ -202,7 +202,7 @@ class Grader:
         seconds = time.perf_counter() - start
         if not result["success"]:
             return GradeResult(student, aid, seconds, error=last_error_line(result.get("log", "")))
-        folder = Path(self.root) / self.coursedir.autograded_directory / student / aid
+        folder = self.paths.autograded_dir(student, aid)
         findings = [f for nb in sorted(folder.glob("*.ipynb")) for f in read_findings(nb)]
         notes = [f"{f['cell']}: {f['finding']}" for f in findings if f["kind"] == "note"]
         auto, manual = self.scores(aid, student)
@@ -258,12 +258,5 @@ def manual_cells(notebook) -> set[str]:
 
 
 def make_scratch_course(course: Course, dest: Path, aids: list[str]) -> Path:
-    """A fresh course root at `dest` with the course's config and the given assignments' sources."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    (dest / "source").mkdir(parents=True)
-    shutil.copy2(course.root / CONFIG_FILE, dest / CONFIG_FILE)
-    for aid in aids:
-        shutil.copytree(course.root / "source" / aid, dest / "source" / aid,
-                        ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
-    return dest
+    """The root of `course.make_scratch_course(dest, aids)` (kept for benchmarks/bench.py)."""
+    return course.make_scratch_course(dest, aids).root

@@ -78,6 +78,7 @@ class Hub:
     api_port: int = 8001
     ip: str = "127.0.0.1"
     server_args: list[str] = field(default_factory=list)  # extra arguments for every single-user server
+    instructor_url: str = "/lab"  # where the instructor's JupyterLab opens: the course's source folder (prepare)
 
     @property
     def users(self) -> list[str]:
@@ -219,7 +220,7 @@ def _spawner_class():
                 raise RuntimeError(f"{name} is not a user of this course's hub")
             role = hub.role(name)
             self.notebook_dir = hub.course if role == "instructor" else pwd.getpwnam(name).pw_dir
-            self.default_url = "/lab/tree/source" if role == "instructor" else "/lab"
+            self.default_url = hub.instructor_url if role == "instructor" else "/lab"
             self.environment = {**self.environment, "JUPYTER_CONFIG_PATH": str(hub.jupyter_config(role)),
                                 "PATH": os.pathsep.join([str(Path(sys.prefix) / "bin"), "/usr/local/bin",
                                                          "/usr/bin", "/bin"]),
@@ -325,12 +326,7 @@ def install_course(source: Course, folder: Path, owner: str, assignments: list[s
     if folder.exists():
         return
     folder.mkdir(parents=True)
-    ignore = shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__")
-    for top in ("source", "release"):
-        for aid in assignments or source.live():
-            shutil.copytree(source.root / top / aid, folder / top / aid, ignore=ignore)
-    for name in ("nbgrader_config.py", "course.toml"):
-        shutil.copy(source.root / name, folder / name)
+    source.install(folder, assignments or source.live())
     _give(folder, owner)
 
 
@@ -381,6 +377,7 @@ def prepare(hub: Hub, source: Course, passwords: dict[str, str], homes: dict[str
         except KeyError:
             add_user(name, homes[name], passwords[name])
     install_course(source, Path(hub.course), hub.instructor, assignments)
+    hub.instructor_url = source.source_url
     make_exchange(Path(hub.exchange))
     write_role_config(hub)
     hub.save()

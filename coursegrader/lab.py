@@ -40,10 +40,10 @@ def command(course: Course, lecturer: bool, config: Path) -> tuple[list[str], di
     lab = [sys.executable, "-m", "jupyterlab"]
     env = dict(os.environ)
     if lecturer:
-        return [*lab, f"--ServerApp.root_dir={course.root}", "--LabApp.default_url=/lab/tree/source"], env
+        return [*lab, f"--ServerApp.root_dir={course.root}", f"--LabApp.default_url={course.source_url}"], env
     paths = [str(page_config(config)), *filter(None, env.get("JUPYTER_CONFIG_PATH", "").split(os.pathsep))]
     env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(paths)
-    return [*lab, f"--ServerApp.root_dir={course.root / 'release'}"], env
+    return [*lab, f"--ServerApp.root_dir={course.release_root}"], env
 
 
 def run(course: Course, lecturer: bool, extra: list[str]) -> int:

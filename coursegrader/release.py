@@ -9,7 +9,7 @@ from pathlib import Path
 from nbformat import NotebookNode
 
 from .course import Course
-from .grading import Grader, make_scratch_course
+from .grading import Grader
 from .notebooks import MARKERS, read_notebook, split_regions
 
 # A secret line shorter than this (once stripped) is too generic to call a leak: `return x`, `else:`.
@@ -57,11 +57,11 @@ def out_of_sync(course: Course, aids: list[str]) -> dict[str, list[str]]:
     """For each assignment, the files of release/<aid> that differ from a fresh generation (empty: in sync)."""
     report = {}
     with tempfile.TemporaryDirectory(prefix="release-sync-") as tmp:
-        scratch = make_scratch_course(course, Path(tmp) / "course", aids)
-        grader = Grader(course, scratch)
+        scratch = course.make_scratch_course(Path(tmp) / "course", aids)
+        grader = Grader(course, scratch.root)
         for aid in aids:
             grader.generate(aid)
-            report[aid] = differences(scratch / "release" / aid, course.root / "release" / aid)
+            report[aid] = differences(scratch.release_dir(aid), course.release_dir(aid))
     return report
 
 

@@ -128,7 +128,7 @@ def build(course: Course, aid: str, db_url: str | None = None, root: Path | None
 
     root = root or course.root
     url = db_url or CourseDirectory(config=course.nbgrader_config(root)).db_url  # nbgrader's own default when unset
-    rows = _last_autograde(root, aid)
+    rows = _last_autograde(course.at(root), aid)
     names = exercise_names(course, aid)
     with Gradebook(url) as gb:
         try:
@@ -177,11 +177,11 @@ def build(course: Course, aid: str, db_url: str | None = None, root: Path | None
     return report
 
 
-def _last_autograde(root: Path, aid: str) -> dict[str, dict]:
+def _last_autograde(course: Course, aid: str) -> dict[str, dict]:
     """The rows of reports/<aid>/grades.csv (and of every shard's), by student; {} before any autograde."""
     found = {}
-    folder = root / "reports" / aid
-    for path in [folder / "grades.csv", *sorted(folder.glob("shard-*/grades.csv"))]:
+    folders = [course.reports_dir(aid), *course.shard_reports_dirs(aid)]
+    for path in (folder / "grades.csv" for folder in folders):
         if path.is_file():
             with path.open(newline="") as f:
                 for row in csv.DictReader(f):

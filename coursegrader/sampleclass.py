@@ -82,7 +82,8 @@ def plan(course: Course, aid: str, exact: bool = False, hostile: bool = False) -
 
 def hand_in(course: Course, root: Path, sub: Submission) -> None:
     """Write the submission's notebook into root/submitted/<student>/<aid>/, as a student would."""
-    release_nb = read_notebook(root / "release" / sub.assignment / f"{sub.assignment}.ipynb")
+    here = course.at(root)
+    release_nb = read_notebook(here.release_notebook(sub.assignment))
     answers = {} if sub.blank or sub.tamper else reference_answers(read_notebook(course.source_notebook(sub.assignment)))
     answers.update({w.cell: w.code for w in sub.wrong})
     if sub.crash:
@@ -91,7 +92,7 @@ def hand_in(course: Course, root: Path, sub: Submission) -> None:
     if sub.tamper:
         first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
         nb.cells.insert(first_code + 1, nbformat.v4.new_code_cell(TAMPER))
-    write_notebook(nb, root / "submitted" / sub.student / sub.assignment / f"{sub.assignment}.ipynb")
+    write_notebook(nb, here.submitted_notebook(sub.student, sub.assignment))
 
 
 def grade(course: Course, grader: Grader, subs: list[Submission],
