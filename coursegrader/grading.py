@@ -16,15 +16,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.apps import NbGraderAPI
 from nbgrader.coursedir import CourseDirectory
-from nbgrader.plugins import CsvExportPlugin
 from sqlalchemy.exc import SAWarning, SQLAlchemyError
 
 from .course import Course
 from .errors import CourseError
 from .integrity import read_findings
+from . import gradebook
 from .gradebook import Locks, describe, queue_sqlite_writers
 from .safety import refusal
 
@@ -182,12 +181,9 @@ class Grader:
         machines) would otherwise all create its tables and register the assignment."""
         try:
             with self.locks.registration(aid):
-                with kernel_noise_silenced(), Gradebook(self.db_url) as gb:
-                    try:  # an assignment the formgrader made (a due date, a release) has no notebooks yet
-                        if gb.find_assignment(aid).notebooks:
-                            return
-                    except MissingEntry:
-                        pass
+                with kernel_noise_silenced():
+                    if gradebook.has_notebooks(self.db_url, aid):
+                        return
                 with tempfile.TemporaryDirectory(prefix="release-") as tmp:
                     self.generate(aid, Path(tmp))
         except SQLAlchemyError as exc:  # a server that is down, a wrong password, a database that is not there
@@ -212,30 +208,15 @@ class Grader:
     def record_ungraded(self, aid: str, student: str) -> None:
         """Give a submission that cannot be graded a row of zeros in the gradebook, as nbgrader does for a
         missing notebook, so exports and the formgrader show the student instead of leaving them out."""
-        with kernel_noise_silenced(), Gradebook(self.db_url) as gb:
-            gb.update_or_create_student(student)
-            submission = gb.update_or_create_submission(aid, student)
-            for notebook in submission.notebooks:
-                for grade in notebook.grades:
-                    grade.auto_score = 0
-                    grade.needs_manual_grade = False
-            gb.db.commit()
+        with kernel_noise_silenced():
+            gradebook.record_ungraded(self.db_url, aid, student)
 
     def scores(self, aid: str, student: str) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float | None, float]]]:
         """(autograded, manual) cells of the student's submission: grade_id -> (score, max score).
 
         A manual cell (a written answer or a task, graded by a TA) has score None while it waits for the TA."""
-        auto, manual = {}, {}
-        with kernel_noise_silenced(), Gradebook(self.db_url) as gb:
-            for notebook in gb.find_submission(aid, student).notebooks:
-                by_hand = manual_cells(notebook.notebook)
-                for grade in notebook.grades:
-                    if grade.name in by_hand:
-                        manual[grade.name] = (None if grade.needs_manual_grade else float(grade.score or 0.0),
-                                              float(grade.max_score))
-                    else:
-                        auto[grade.name] = (float(grade.score or 0.0), float(grade.max_score))
-        return auto, manual
+        with kernel_noise_silenced():
+            return gradebook.submission_scores(self.db_url, aid, student)
 
     def feedback(self, aid: str) -> None:
         with kernel_noise_silenced():
@@ -244,17 +225,7 @@ class Grader:
             raise CourseError(f"{aid}: nbgrader could not generate feedback: {last_error_line(result['log'])}")
 
     def export_csv(self, path: Path) -> Path:
-        config = self.course.nbgrader_config(self.root)
-        config.CsvExportPlugin.to = str(path)
-        with Gradebook(self.db_url) as gb:
-            CsvExportPlugin(config=config).export(gb)
-        return path
-
-
-def manual_cells(notebook) -> set[str]:
-    """Names of the graded cells of a gradebook notebook that a TA grades: manually graded answers (grade cells
-    that are also solution cells) and tasks. Every other graded cell is an autograded test cell."""
-    return {c.name for c in notebook.solution_cells} | {c.name for c in notebook.task_cells}
+        return gradebook.export_csv(self.db_url, self.course.nbgrader_config(self.root), path)
 
 
 def make_scratch_course(course: Course, dest: Path, aids: list[str]) -> Path:

@@ -23,7 +23,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import table
+from . import gradebook, table
 from .course import Course
 from .errors import CourseError
 from .notebooks import EXERCISE_HEADING, read_notebook
@@ -120,59 +120,47 @@ def exercise_names(course: Course, aid: str) -> dict[str, str]:
 
 def build(course: Course, aid: str, db_url: str | None = None, root: Path | None = None) -> Report:
     """The report of `aid` graded in `root` (default: the course itself; the demo grades in a scratch copy)."""
-    from nbgrader.api import Gradebook, MissingEntry
-
     from nbgrader.coursedir import CourseDirectory
-
-    from .grading import manual_cells
 
     root = root or course.root
     url = db_url or CourseDirectory(config=course.nbgrader_config(root)).db_url  # nbgrader's own default when unset
     rows = _last_autograde(course.at(root), aid)
     names = exercise_names(course, aid)
-    with Gradebook(url) as gb:
-        try:
-            assignment = gb.find_assignment(aid)
-        except MissingEntry:
-            raise CourseError(f"{aid} is not in the gradebook yet: run `coursegrader autograde {aid}` first") from None
-        by_hand = set().union(*(manual_cells(nb) for nb in assignment.notebooks))
-        graded_cells = [c for nb in assignment.notebooks for c in [*nb.grade_cells, *nb.task_cells]]
-        order = list(names)
-        graded_cells.sort(key=lambda c: order.index(c.name) if c.name in order else len(order))
-        cells = {c.name: CellStats(c.name, names.get(c.name, ""), float(c.max_score))
-                 for c in graded_cells if c.name not in by_hand}
-        written = {c.name: WrittenStats(c.name, names.get(c.name, ""), float(c.max_score))
-                   for c in graded_cells if c.name in by_hand}
-        report = Report(aid, sum(c.points for c in cells.values()), written=list(written.values()))
-        for sub in sorted(assignment.submissions, key=lambda s: s.student.id):
-            row = rows.get(table.printable(sub.student.id), {})
-            graded = row.get("graded", "yes") == "yes"
-            student = StudentRow(sub.student.id, 0.0, report.max_score, graded, row.get("reason", ""),
-                                 int(row.get("integrity_findings") or 0),
-                                 float(row["seconds"]) if row.get("seconds") else None)
-            report.students.append(student)
-            grades = sorted((g for nb in sub.notebooks for g in nb.grades),
-                            key=lambda g: order.index(g.name) if g.name in order else len(order))
-            for grade in grades:
-                score = float(grade.score or 0)
-                if grade.name in written:
-                    if not graded:
-                        continue
-                    stats = written[grade.name]
-                    if grade.needs_manual_grade:
-                        stats.waiting.append(sub.student.id)
-                        student.waiting.append(grade.name)
-                    else:
-                        stats.marked += 1
-                        stats.total += score
-                        student.written += score
+    found = gradebook.assignment_grades(url, aid)
+    if found is None:
+        raise CourseError(f"{aid} is not in the gradebook yet: run `coursegrader autograde {aid}` first")
+    order = list(names)
+    graded_cells = sorted(found.cells, key=lambda c: order.index(c.name) if c.name in order else len(order))
+    cells = {c.name: CellStats(c.name, names.get(c.name, ""), c.max_score) for c in graded_cells if not c.manual}
+    written = {c.name: WrittenStats(c.name, names.get(c.name, ""), c.max_score) for c in graded_cells if c.manual}
+    report = Report(aid, sum(c.points for c in cells.values()), written=list(written.values()))
+    for sid, grades in found.students.items():
+        row = rows.get(table.printable(sid), {})
+        graded = row.get("graded", "yes") == "yes"
+        student = StudentRow(sid, 0.0, report.max_score, graded, row.get("reason", ""),
+                             int(row.get("integrity_findings") or 0),
+                             float(row["seconds"]) if row.get("seconds") else None)
+        report.students.append(student)
+        for grade in sorted(grades, key=lambda g: order.index(g.name) if g.name in order else len(order)):
+            score = grade.score
+            if grade.name in written:
+                if not graded:
                     continue
-                student.score += score
-                if graded:
-                    stats = cells[grade.name]
-                    stats.graded += 1
+                stats = written[grade.name]
+                if grade.needs_manual_grade:
+                    stats.waiting.append(sid)
+                    student.waiting.append(grade.name)
+                else:
+                    stats.marked += 1
                     stats.total += score
-                    stats.failed += score < float(grade.max_score)
+                    student.written += score
+                continue
+            student.score += score
+            if graded:
+                stats = cells[grade.name]
+                stats.graded += 1
+                stats.total += score
+                stats.failed += score < grade.max_score
     report.cells = sorted(cells.values(), key=lambda c: (-c.failure_rate, c.mean / c.points if c.points else 0, c.cell))
     return report
 

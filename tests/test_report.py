@@ -114,7 +114,7 @@ def test_written_answers_wait_for_a_ta_who_alone_sees_their_mark_scheme(tmp_path
     assert RUBRIC in page and RUBRIC in leaks and "BEGIN MARK SCHEME" in leaks, f"check would not see the leak: {leaks}"
 
     demo.save_report(course, root, "toy", [res for _, res in results])  # what `demo` writes, as `report` does
-    text = demo.format_report(results, root / "grades.csv", root)
+    text = demo.format_report(results, root / "grades.csv", course.at(root))
     assert "reference  3/3 +2 TA" in text and "blank      0/3\n" in text, text
     assert re.search(r"toy +written_double +2 +1 student\(s\) +reference\n", text), text
     folder = root / "reports" / "toy"
