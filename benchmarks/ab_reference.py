@@ -20,12 +20,18 @@ ONE = """
 import sys, tempfile
 from pathlib import Path
 from coursegrader.course import Course
-from coursegrader.grading import Grader, make_scratch_course
 from coursegrader import sampleclass
+try:
+    from coursegrader.nbgrader_api import Grader
+except ImportError:  # a checkout from before grading.py became nbgrader_api.py
+    from coursegrader.grading import Grader, make_scratch_course
 aid, tree = sys.argv[1], Path(sys.argv[2])
 course = Course.load(tree)
 with tempfile.TemporaryDirectory() as d:
-    root = make_scratch_course(course, Path(d) / aid, [aid])
+    if hasattr(course, "make_scratch_course"):
+        root = course.make_scratch_course(Path(d) / aid, [aid]).root
+    else:
+        root = make_scratch_course(course, Path(d) / aid, [aid])
     grader = Grader(course, root)
     grader.generate(aid)
     results = [r for _, r in sampleclass.grade(course, grader, sampleclass.plan(course, aid)[:1] * int(sys.argv[3]))]

@@ -15,7 +15,7 @@ from pathlib import Path
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
-from coursegrader.grading import kernel_noise_silenced, use_this_environment
+from coursegrader.nbgrader_api import kernel_noise_silenced, use_this_environment
 from coursegrader.sandbox import KERNEL_NAME, KernelBox, Limits, unavailable_reason
 
 

@@ -2,11 +2,13 @@
 
 A thin layer over nbgrader's Python API (NbGraderAPI, Gradebook). Each module does one job:
 `course` finds things, `notebooks` reads and edits notebooks, `catalogue` loads the wrong answers,
-`release` publishes and checks for leaks, `grading` runs autograde and reads scores, `sandbox` starts
+`release` publishes and finds leaks, `nbgrader_api` runs nbgrader on one course root (grades one student,
+reads their scores), `gradebook` is the one module that opens nbgrader's gradebook, `sandbox` starts
 grading kernels under bubblewrap, `execution` keeps a hostile notebook from costing more than its own points,
 and with `proxy` and `split` runs every test cell in a kernel of its own, so that it cannot earn points its tests
 did not give, `submissions` says what is wrong with a submission
-folder, `sampleclass` builds the class that `check` and `demo` grade, `autograde` grades the real class.
+folder (`triage`), `sampleclass` builds the class that `check` and `demo` grade and judges its grades, and
+`autograde` grades the real class.
 """
 
 import sys

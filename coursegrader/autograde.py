@@ -26,14 +26,14 @@ from tqdm import tqdm
 from .course import Course
 from .errors import CourseError
 from .gradebook import Shard
-from .grading import Grader, GradeResult
+from .nbgrader_api import Grader, GradeResult
 from .sanitize import source_grade_ids
-from .submissions import inspect
+from .submissions import triage
 from .workers import context
 from .table import fmt, printable, render, row
 
 
-def submissions(course: Course, aid: str) -> list[str]:
+def submitters(course: Course, aid: str) -> list[str]:
     """Students with a folder submitted/<student>/<aid>/."""
     students = course.submitters(aid)
     if not students:
@@ -47,19 +47,19 @@ def shipped_files(course: Course, aid: str) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.suffix != ".ipynb"}
 
 
-def grade_one(course: Course, grader: Grader, aid: str, student: str) -> GradeResult:
+def grade_submission(course: Course, grader: Grader, aid: str, student: str) -> GradeResult:
     """Grade one student under their lock (no other grader works on them meanwhile). Whatever goes wrong
     becomes this student's row, so one submission never stops the batch."""
     try:
         with grader.locks.student(aid, student):
             source = course.source_notebook(aid)
-            found = inspect(grader.paths.submitted_dir(student, aid), [aid], shipped_files(course, aid),
+            found = triage(grader.paths.submitted_dir(student, aid), [aid], shipped_files(course, aid),
                             grade_ids=source_grade_ids(str(source), source.stat().st_mtime_ns))
             if not found.gradable:
                 grader.record_ungraded(aid, student)
                 result = GradeResult(student, aid, 0.0, error=found.problem)
             else:
-                result = grader.autograde(aid, student)
+                result = grader.grade_student(aid, student)
                 result.notes.extend(found.notes)
     except Exception as exc:  # a grader problem (database, disk), not the student's: say what it was
         result = GradeResult(student, aid, 0.0, error=f"grading stopped: {exc.__class__.__name__}: {exc}")
@@ -103,7 +103,7 @@ def _start_worker(course_root: Path, sandbox: bool, db_url: str | None) -> None:
 
 def _grade_in_worker(aid: str, student: str) -> GradeResult:
     course, grader = _worker
-    return grade_one(course, grader, aid, student)
+    return grade_submission(course, grader, aid, student)
 
 
 def run(course: Course, aid: str, students: list[str] | None = None, sandbox: bool = True,
@@ -111,9 +111,9 @@ def run(course: Course, aid: str, students: list[str] | None = None, sandbox: bo
     """Grade `students` (default: every submission, or the shard's share) with `jobs` workers (default: one per core)."""
     start = time.perf_counter()
     grader = Grader(course, course.root, sandbox=sandbox, db_url=db_url)
-    grader.ensure_safe()  # before anything else: an unsafe run grades nobody
-    grader.ensure_registered(aid)
-    students = students or submissions(course, aid)
+    grader.refuse_unless_safe()  # before anything else: an unsafe run grades nobody
+    grader.register_assignment(aid)
+    students = students or submitters(course, aid)
     if shard is not None:
         students = shard.select(students)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(students)))
@@ -129,7 +129,7 @@ def run(course: Course, aid: str, students: list[str] | None = None, sandbox: bo
 
         if jobs == 1:
             for student in students:
-                finished(grade_one(course, grader, aid, student))
+                finished(grade_submission(course, grader, aid, student))
         else:
             with ProcessPoolExecutor(jobs, mp_context=context(), initializer=_start_worker,
                                      initargs=(course.root, sandbox, db_url)) as pool:

@@ -61,7 +61,7 @@ def group_into_rounds(entries: list[WrongAnswer]) -> list[list[WrongAnswer]]:
 
     Within one round no two entries touch the same solution cell or name the same test cell, so the
     expected outcome of a round is the union of its entries' `fails`. A round whose outcome differs is
-    re-graded one entry at a time to say which entry is wrong (see sampleclass.verify).
+    re-graded one entry at a time to say which entry is wrong (see sampleclass.judge).
     """
     rounds: list[list[WrongAnswer]] = []
     for entry in entries:

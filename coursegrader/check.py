@@ -23,7 +23,7 @@ from tqdm import tqdm
 from . import sampleclass
 from .course import Course
 from .feedback import feedback_leaks
-from .grading import Grader, GradeResult
+from .nbgrader_api import Grader, GradeResult
 from .notebooks import read_notebook
 from .release import differences, find_leaks
 from .table import fmt, render
@@ -60,8 +60,8 @@ def check_assignment(course_root: Path, aid: str, exact: bool, workdir: Path, re
     scratch = grader.paths
     plan = sampleclass.plan(course, aid, exact)
     results = [(plan[0], reference)] + sampleclass.grade(course, grader, plan[1:], progress=lambda s: progress())
-    verdict = sampleclass.verify(course, grader, aid, results)
-    grader.feedback(aid)
+    verdict = sampleclass.judge(course, grader, aid, results)
+    grader.generate_feedback(aid)
     source_nb = read_notebook(course.source_notebook(aid))
     for student, page in scratch.feedback_pages(aid):
         submitted = read_notebook(scratch.submitted_notebook(student, aid))
@@ -84,7 +84,7 @@ def run(course: Course, aids: list[str], exact: bool = False, jobs: int | None =
     Assignments never share a gradebook, so parallel grading cannot mix their grades; the longest
     (largest time budget) start first so that the last one to finish is a short one.
     """
-    Grader(course, course.root, sandbox=sandbox).ensure_safe()  # before anything runs
+    Grader(course, course.root, sandbox=sandbox).refuse_unless_safe()  # before anything runs
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(aids)))
     plans = {aid: sampleclass.plan(course, aid, exact) for aid in aids}
     with tempfile.TemporaryDirectory(prefix="check-") as tmp:

@@ -154,7 +154,7 @@ def parser() -> argparse.ArgumentParser:
 
 def configure_logging(verbose: int, quiet: bool) -> None:
     """Warnings by default; -v: what the grader does; -vv: also nbgrader's own log and the kernels' stderr
-    (grading.kernel_noise_silenced); -q: errors only, and no progress bars."""
+    (nbgrader_api.kernel_noise_silenced); -q: errors only, and no progress bars."""
     level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="coursegrader: %(levelname)s: %(name)s: %(message)s", force=True)
     # nbgrader's own logs are captured per run (and shown in a row's reason when a run fails)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from . import report, sampleclass
 from .autograde import format_integrity, save_reports
 from .course import Course
-from .grading import Grader, GradeResult
+from .nbgrader_api import Grader, GradeResult
 from .table import fmt, render
 
 
@@ -25,7 +25,7 @@ def run(course: Course, aids: list[str], dest: Path,
         sandbox: bool = True) -> tuple[list[tuple[sampleclass.Submission, GradeResult]], Path]:
     scratch = course.make_scratch_course(dest, aids)
     grader = Grader(course, scratch.root, sandbox=sandbox)
-    grader.ensure_safe()
+    grader.refuse_unless_safe()
     # The hostile students are graded only in the sandbox: with --no-sandbox the class is our own, trusted code.
     plans = [sub for aid in aids for sub in sampleclass.plan(course, aid, hostile=sandbox)]
     with tqdm(total=len(plans) + len(aids), desc="demo class", unit="nb", leave=False) as bar:
@@ -34,7 +34,7 @@ def run(course: Course, aids: list[str], dest: Path,
             grader.generate(aid)
             subs = [s for s in plans if s.assignment == aid]
             graded = sampleclass.grade(course, grader, subs, progress=lambda s: bar.update())
-            grader.feedback(aid)
+            grader.generate_feedback(aid)
             save_report(course, scratch.root, aid, [res for _, res in graded])
             results += graded
             bar.update()

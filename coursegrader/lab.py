@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from .course import Course
-from .grading import use_this_environment
+from .nbgrader_api import use_this_environment
 
 LECTURER_ONLY = ("@jupyter/nbgrader:create-assignment", "@jupyter/nbgrader:formgrader",
                  "@jupyter/nbgrader:course-list", "@jupyter/nbgrader:assignment-list", "@jupyter/nbgrader:menu")

@@ -9,7 +9,7 @@ from pathlib import Path
 from nbformat import NotebookNode
 
 from .course import Course
-from .grading import Grader
+from .nbgrader_api import Grader
 from .notebooks import MARKERS, read_notebook, split_regions
 
 # A secret line shorter than this (once stripped) is too generic to call a leak: `return x`, `else:`.

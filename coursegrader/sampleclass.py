@@ -20,7 +20,7 @@ import nbformat
 
 from .catalogue import WrongAnswer, group_into_rounds, load_catalogue
 from .course import Course
-from .grading import Grader, GradeResult
+from .nbgrader_api import Grader, GradeResult
 from .notebooks import read_notebook, solution_cells, strip_markers, with_answers, write_notebook
 
 
@@ -100,7 +100,7 @@ def grade(course: Course, grader: Grader, subs: list[Submission],
     results = []
     for sub in subs:
         hand_in(course, grader.root, sub)
-        results.append((sub, grader.autograde(sub.assignment, sub.student)))
+        results.append((sub, grader.grade_student(sub.assignment, sub.student)))
         progress(sub)
     return results
 
@@ -119,7 +119,7 @@ class Verdict:
     problems: list[str] = field(default_factory=list)
 
 
-def verify(course: Course, grader: Grader, aid: str, results: list[tuple[Submission, GradeResult]]) -> Verdict:
+def judge(course: Course, grader: Grader, aid: str, results: list[tuple[Submission, GradeResult]]) -> Verdict:
     """Hold the grades against what each submission should score; re-grade a failing round entry by entry."""
     verdict = Verdict(aid)
     for sub, res in results:

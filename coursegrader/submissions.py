@@ -1,7 +1,7 @@
 """What a TA finds in submitted/<student>/<assignment>/ before grading it.
 
 nbgrader stops with a traceback on a notebook it cannot read, follows symbolic links when it copies a
-submission, and grades a folder of the wrong files as if nothing were wrong. `inspect` says up front
+submission, and grades a folder of the wrong files as if nothing were wrong. `triage` says up front
 whether a submission can be graded (and if not, why, in one line for the grades) and what a TA may
 want to know about one that can (a renamed kernel, an old notebook format, extra files).
 """
@@ -22,7 +22,7 @@ MAX_NOTEBOOK_BYTES = 20 * 1024**2  # the course's notebooks are < 1 MB; a 20 MB 
 
 
 @dataclass
-class Inspection:
+class Triage:
     problem: str = ""  # why it cannot be graded; '' if it can
     notes: list[str] = field(default_factory=list)
 
@@ -44,14 +44,15 @@ def shadowed_module(relative: str) -> str | None:
     return name if importlib.machinery.PathFinder.find_spec(name, path) is not None else None
 
 
-def inspect(folder: Path, notebooks: list[str], shipped: set[str] = frozenset(), kernel: str = "python3",
-            grade_ids: frozenset[str] | None = None) -> Inspection:
-    """Check the submission folder for the assignment's notebooks (names without .ipynb).
+def triage(folder: Path, notebooks: list[str], shipped: set[str] = frozenset(), kernel: str = "python3",
+           grade_ids: frozenset[str] | None = None) -> Triage:
+    """Triage a submission folder before grading: can it be graded (the assignment's notebooks, names without
+    .ipynb, are there and readable), and what should a TA know about it.
 
     `shipped`: files the assignment itself provides (data), which are not "extra". `grade_ids`: the source
     notebooks' grade_ids, to name cells a student copied (graded as their own code, see sanitize.py).
     """
-    found = Inspection()
+    found = Triage()
     links = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_symlink())
     if links:
         found.problem = f"contains symbolic links ({', '.join(links[:3])}): not graded, ask for the files themselves"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from multiprocessing import forkserver, get_context
 from multiprocessing.context import BaseContext
 
-PRELOAD = ["coursegrader.grading"]
+PRELOAD = ["coursegrader.nbgrader_api"]
 
 
 def context() -> BaseContext:

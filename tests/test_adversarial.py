@@ -28,7 +28,7 @@ from coursegrader.feedback import feedback_leaks, hidden_test_lines
 from coursegrader.notebooks import read_notebook
 from coursegrader.table import uncell
 from coursegrader.course import Course
-from coursegrader.grading import Grader
+from coursegrader.nbgrader_api import Grader
 from coursegrader.safety import as_nbgrader_ships
 from coursegrader.sandbox import SANDBOX_UIDS
 
@@ -146,7 +146,7 @@ def test_no_hidden_test_reaches_the_student(graded):
     printed = _outputs(root, "snoop-history")
     assert "CALLER" in printed and "IN" in printed, printed[:500]
     assert not [line for line in hidden if line in printed], "a hidden test reached the student's kernel"
-    Grader(Course.load(root), root).feedback("toy")
+    Grader(Course.load(root), root).generate_feedback("toy")
     for student in ("snoop-history", "snoop-exception", "cheat-caller-globals"):
         page = (root / "feedback" / student / "toy" / "toy.html").read_text(encoding="utf-8")
         submitted = read_notebook(root / "submitted" / student / "toy" / "toy.ipynb")
@@ -163,7 +163,7 @@ def test_outputs_are_capped_in_notebook_and_feedback(graded):
     assert size < 2_500_000, f"crash-big-display displayed 5 MB and kept {size:,} bytes (cap: 2 MB per cell)"
     size = (root / "autograded" / "crash-many-outputs" / "toy" / "toy.ipynb").stat().st_size
     assert size < 3_500_000, f"crash-many-outputs displayed 7.6 MB and kept {size:,} bytes (cap: 3 MB per notebook)"
-    Grader(Course.load(root), root).feedback("toy")
+    Grader(Course.load(root), root).generate_feedback("toy")
     page = root / "feedback" / "crash-big-print" / "toy" / "toy.html"
     assert page.stat().st_size < 1_000_000, f"feedback page is {page.stat().st_size:,} bytes"
     assert "output truncated" in page.read_text(encoding="utf-8")

@@ -287,10 +287,10 @@ def test_formgrader_autograde_button_grades_in_the_sandbox(page, lab):
     import nbformat
 
     from adversarial import notebook
-    from coursegrader.grading import Grader
+    from coursegrader.nbgrader_api import Grader
 
     aid, student = "01_mle_kl", "pressed-autograde"
-    Grader(Course.load(lab.root), lab.root, sandbox=False).ensure_registered(aid)  # registers; runs nothing
+    Grader(Course.load(lab.root), lab.root, sandbox=False).register_assignment(aid)  # registers; runs nothing
     folder = lab.root / "submitted" / student / aid
     folder.mkdir(parents=True)
     nb = notebook(lab.root / "release" / aid / f"{aid}.ipynb", {}, [("", WHERE.format(source=str(lab.root / "source")))])

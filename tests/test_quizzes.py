@@ -90,11 +90,11 @@ def misjudging(quiz: dict, position: int) -> set[str] | None:
 @pytest.mark.parametrize("aid", WITH_QUIZZES)
 def test_feedback_explains_every_statement_judged_wrongly(aid, tmp_path):
     from coursegrader import autograde
-    from coursegrader.grading import Grader, make_scratch_course
+    from coursegrader.nbgrader_api import Grader
     from coursegrader.notebooks import with_answers, write_notebook
 
     course = Course.load(REPO)
-    root = make_scratch_course(course, tmp_path / "course", [aid])
+    root = course.make_scratch_course(tmp_path / "course", [aid]).root
     (root / "course.toml").write_text((REPO / "course.toml").read_text())
     Grader(course, root, **TRUSTED).generate(aid)
     quiz = quizzes(aid)
@@ -116,7 +116,7 @@ def test_feedback_explains_every_statement_judged_wrongly(aid, tmp_path):
                              if (letter in c) != true]
     outcome = autograde.run(Course.load(root), aid, **TRUSTED)
     assert all(r.ok for r in outcome.results), [r.error for r in outcome.results if not r.ok]
-    Grader(course, root, **TRUSTED).feedback(aid)
+    Grader(course, root, **TRUSTED).generate_feedback(aid)
     for student, sentences in expected.items():
         page = (root / "feedback" / student / aid / f"{aid}.html").read_text(encoding="utf-8")
         text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())

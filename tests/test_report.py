@@ -72,7 +72,7 @@ def test_written_answers_wait_for_a_ta_who_alone_sees_their_mark_scheme(tmp_path
 
     from coursegrader import demo, sampleclass
     from coursegrader.feedback import feedback_leaks
-    from coursegrader.grading import Grader
+    from coursegrader.nbgrader_api import Grader
     from coursegrader.notebooks import read_notebook
 
     root = make_toy_course(tmp_path / "course", with_written=True)
@@ -87,7 +87,7 @@ def test_written_answers_wait_for_a_ta_who_alone_sees_their_mark_scheme(tmp_path
     assert (reference.score, reference.max_score, reference.lost) == (3, 3, set()), reference
     assert reference.waiting == ["written_double"] and reference.manual == {"written_double": (None, 2.0)}
     assert (blank.score, blank.max_score, blank.waiting, blank.manual) == (0, 3, [], {"written_double": (0.0, 2.0)})
-    verdict = sampleclass.verify(course, grader, "toy", results)
+    verdict = sampleclass.judge(course, grader, "toy", results)
     assert (verdict.points, verdict.written, verdict.reference, verdict.blank, verdict.problems) == (3, 2, 3, 0, [])
 
     for student in ("reference", "blank"):  # (b)
@@ -99,7 +99,7 @@ def test_written_answers_wait_for_a_ta_who_alone_sees_their_mark_scheme(tmp_path
     assert page.index('id="written_double"') < page.index(MODEL_ANSWER) < page.index(RUBRIC), \
         "the formgrader shows the answer with its score box, then the mark scheme"
 
-    grader.feedback("toy")
+    grader.generate_feedback("toy")
     source = read_notebook(course.source_notebook("toy"))
     for student in ("reference", "blank"):  # (c)
         page = (root / "feedback" / student / "toy" / "toy.html").read_text()
@@ -107,7 +107,7 @@ def test_written_answers_wait_for_a_ta_who_alone_sees_their_mark_scheme(tmp_path
         assert "Graded by a teaching assistant" in page
     config = root / "nbgrader_config.py"  # the negative control: nbgrader's feedback keeps the mark scheme
     config.write_text(config.read_text().replace('    "coursegrader.feedback.HideMarkSchemes",\n', ""))
-    Grader(course, root, **TRUSTED).feedback("toy")
+    Grader(course, root, **TRUSTED).generate_feedback("toy")
     page = (root / "feedback" / "reference" / "toy" / "toy.html").read_text()
     submitted = read_notebook(root / "submitted" / "reference" / "toy" / "toy.ipynb")
     leaks = feedback_leaks(source, page, submitted)
