@@ -83,3 +83,25 @@ def test_only_course_spells_a_course_folder(module):
     assert not found, (f"{module} builds a path from a course folder name: "
                        + ", ".join(f"line {line}: {value!r}" for line, value in found)
                        + f". Ask the Course for it ({OWNER}: source_dir, submitted_dir, reports_dir, ...)")
+
+
+def test_the_folders_are_the_ones_nbgrader_config_names(tmp_path):
+    """One configuration decides the folders for nbgrader and coursegrader alike."""
+    from coursegrader.course import Course
+
+    (tmp_path / "course.toml").write_text('[assignments.a1]\ntitle = "A1"\n')
+    (tmp_path / "nbgrader_config.py").write_text(
+        "c = get_config()\nc.CourseDirectory.submitted_directory = 'handed_in'\n"
+        "c.CourseDirectory.source_directory = 'lecturer'\n")
+    course = Course.load(tmp_path)
+    root = course.root
+    assert course.submitted_notebook("ann", "a1") == root / "handed_in" / "ann" / "a1" / "a1.ipynb"
+    assert course.source_notebook("a1") == root / "lecturer" / "a1" / "a1.ipynb"
+    assert course.release_dir("a1") == root / "release" / "a1"  # nbgrader's default where the config is silent
+    assert course.source_url == "/lab/tree/lecturer"
+    (root / "handed_in" / "ann" / "a1").mkdir(parents=True)
+    (root / "handed_in" / "bob" / "a2").mkdir(parents=True)
+    assert course.submitters("a1") == ["ann"]
+    copy = course.at(root / "elsewhere")  # a scratch copy keeps the names, before its config is there
+    assert copy.autograded_dir("ann", "a1") == root / "elsewhere" / "autograded" / "ann" / "a1"
+    assert copy.submitted_dir("ann", "a1") == root / "elsewhere" / "handed_in" / "ann" / "a1"
