@@ -50,7 +50,7 @@ from coursegrader.course import CONFIG_FILE, COURSE_FILE, Course
 from coursegrader.errors import CourseError
 from coursegrader.gradebook import snapshot
 from coursegrader.upstream import NotebookClientHooks
-from coursegrader.grading import Grader, kernel_noise_silenced, make_scratch_course
+from coursegrader.nbgrader_api import Grader
 from coursegrader.table import render
 
 TARGET_SPEEDUP = 1.7  # at least this much faster than plain nbgrader (2 cores)
@@ -95,7 +95,7 @@ def build_class(course: Course, aids: list[str], students: int, dest: Path,
                 plans: dict[str, list[sampleclass.Submission]] | None = None) -> dict[str, dict[str, list[str]]]:
     """The synthetic class in dest/base: per assignment, variant -> the ids of the students who hand it in.
     `plans`: the submissions to copy, per assignment (default: the sample class, sampleclass.plan)."""
-    base = make_scratch_course(course, dest / "base", aids)
+    base = course.make_scratch_course(dest / "base", aids).root
     shutil.copy2(course.root / COURSE_FILE, base / COURSE_FILE)
     grader = Grader(course, base, sandbox=False)  # nothing is executed: only releases are generated
     copies: dict[str, dict[str, list[str]]] = {}
@@ -140,8 +140,7 @@ def own_time(notebook: Path) -> float:
     client = FloorClient(nb, timeout=300, kernel_name="python3", allow_errors=True, shutdown_kernel="immediate",
                          resources={"metadata": {"path": str(notebook.parent)}})
     start = time.perf_counter()
-    with kernel_noise_silenced():
-        client.execute()
+    client.execute()
     return time.perf_counter() - start
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
-from coursegrader.nbgrader_api import kernel_noise_silenced, use_this_environment
+from coursegrader.nbgrader_api import use_this_environment
 from coursegrader.sandbox import KERNEL_NAME, KernelBox, Limits, unavailable_reason
 
 
@@ -44,7 +44,7 @@ def measure(repeats: int = 5) -> tuple[float, float]:
         work = Path(tmp) / "autograded" / "student"
         work.mkdir(parents=True)
         plain, sandboxed = [], []
-        with kernel_noise_silenced(), KernelBox(str(work)) as box:
+        with KernelBox(str(work)) as box:
             for _ in range(repeats):
                 plain.append(_start_seconds("python3", work))
                 sandboxed.append(_start_seconds(KERNEL_NAME, work, box))

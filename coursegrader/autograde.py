@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import resource
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .course import Course
+from . import logs
 from .errors import CourseError
 from .gradebook import Shard
 from .nbgrader_api import Grader, GradeResult
@@ -95,8 +97,9 @@ class Run:
 _worker: tuple[Course, Grader] | None = None
 
 
-def _start_worker(course_root: Path, sandbox: bool, db_url: str | None) -> None:
+def _start_worker(course_root: Path, sandbox: bool, db_url: str | None, log_level: int) -> None:
     global _worker
+    logs.configure(log_level)  # a worker logs as its command does (-v, -vv, -q)
     course = Course.load(course_root)
     _worker = (course, Grader(course, course.root, sandbox=sandbox, db_url=db_url))
 
@@ -132,7 +135,8 @@ def run(course: Course, aid: str, students: list[str] | None = None, sandbox: bo
                 finished(grade_submission(course, grader, aid, student))
         else:
             with ProcessPoolExecutor(jobs, mp_context=context(), initializer=_start_worker,
-                                     initargs=(course.root, sandbox, db_url)) as pool:
+                                     initargs=(course.root, sandbox, db_url,
+                                               logging.getLogger().getEffectiveLevel())) as pool:
                 futures = {pool.submit(_grade_in_worker, aid, s): s for s in students}
                 for future in as_completed(futures):
                     try:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
 from .course import Course
-from . import workers
+from . import logs, workers
 from .errors import CourseError
 
 
@@ -153,18 +152,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
-    """Warnings by default; -v: what the grader does; -vv: also nbgrader's own log and the kernels' stderr
-    (nbgrader_api.kernel_noise_silenced); -q: errors only, and no progress bars."""
-    level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="coursegrader: %(levelname)s: %(name)s: %(message)s", force=True)
-    # nbgrader's own logs are captured per run (and shown in a row's reason when a run fails)
-    traitlets = logging.getLogger("traitlets")
-    traitlets.setLevel(logging.INFO if verbose >= 2 else logging.ERROR)
-    traitlets.propagate = verbose >= 2
+    """-v, -vv, -q (logs.py); -q also turns progress bars off."""
+    logs.configure(logs.level_for(verbose, quiet))
     if quiet:
-        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it; worker processes inherit it
-    if verbose >= 2:
-        os.environ["COURSEGRADER_KERNEL_STDERR"] = "1"
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it
 
 
 def main(argv: list[str] | None = None) -> int:

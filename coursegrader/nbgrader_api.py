@@ -14,8 +14,6 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,31 +97,9 @@ def last_error_line(log: str) -> str:
 warnings.filterwarnings("ignore", category=SAWarning)
 
 
-@contextmanager
-def kernel_noise_silenced() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null while nbgrader works.
-
-    Kernels inherit our stderr and print start-up warnings into the TA's terminal; everything that
-    matters is in the log that nbgrader's API captures for each run. `coursegrader -vv` lets them through
-    (COURSEGRADER_KERNEL_STDERR), to see why a kernel misbehaved.
-    """
-    if os.environ.get("COURSEGRADER_KERNEL_STDERR"):
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def use_this_environment() -> None:
-    """nbgrader runs `alembic` and starts kernels by name: make sure it finds this interpreter's, not another's."""
+    """nbgrader runs `alembic` by name: make sure it finds this interpreter's, not another's. PATH is extended for
+    the rest of the process on purpose, not set and restored around each call: the worker processes inherit it."""
     bindir = str(Path(sys.executable).parent)
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
@@ -172,8 +148,7 @@ class Grader:
             config.CourseDirectory.db_url = self.db_url
             config.CourseDirectory.release_directory = str(release_dir)
             api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
-        with kernel_noise_silenced():
-            result = api.generate_assignment(aid, force=True, create=True)
+        result = api.generate_assignment(aid, force=True, create=True)
         if not result["success"]:
             raise CourseError(f"{aid}: nbgrader could not generate the release: {last_error_line(result['log'])}")
 
@@ -184,9 +159,8 @@ class Grader:
         machines) would otherwise all create its tables and register the assignment."""
         try:
             with self.locks.registration(aid):
-                with kernel_noise_silenced():
-                    if gradebook.has_notebooks(self.db_url, aid):
-                        return
+                if gradebook.has_notebooks(self.db_url, aid):
+                    return
                 with tempfile.TemporaryDirectory(prefix="release-") as tmp:
                     self.generate(aid, Path(tmp))
         except SQLAlchemyError as exc:  # a server that is down, a wrong password, a database that is not there
@@ -197,8 +171,7 @@ class Grader:
         """Autograde one student's submission of `aid` with nbgrader, and read back their scores and findings."""
         self.refuse_unless_safe()
         start = time.perf_counter()
-        with kernel_noise_silenced():
-            result = self.api.autograde(aid, student, force=True, create=True)
+        result = self.api.autograde(aid, student, force=True, create=True)
         seconds = time.perf_counter() - start
         if not result["success"]:
             return GradeResult(student, aid, seconds, error=last_error_line(result.get("log", "")))
@@ -212,19 +185,16 @@ class Grader:
     def record_ungraded(self, aid: str, student: str) -> None:
         """Give a submission that cannot be graded a row of zeros in the gradebook, as nbgrader does for a
         missing notebook, so exports and the formgrader show the student instead of leaving them out."""
-        with kernel_noise_silenced():
-            gradebook.record_ungraded(self.db_url, aid, student)
+        gradebook.record_ungraded(self.db_url, aid, student)
 
     def scores(self, aid: str, student: str) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float | None, float]]]:
         """(autograded, manual) cells of the student's submission: grade_id -> (score, max score).
 
         A manual cell (a written answer or a task, graded by a TA) has score None while it waits for the TA."""
-        with kernel_noise_silenced():
-            return gradebook.submission_scores(self.db_url, aid, student)
+        return gradebook.submission_scores(self.db_url, aid, student)
 
     def generate_feedback(self, aid: str) -> None:
-        with kernel_noise_silenced():
-            result = self.api.generate_feedback(aid, force=True)
+        result = self.api.generate_feedback(aid, force=True)
         if not result["success"]:
             raise CourseError(f"{aid}: nbgrader could not generate feedback: {last_error_line(result['log'])}")
 
