@@ -9,6 +9,12 @@ the tests' kernels' template; a cgroup of its own, as root) divided by `copies`.
 for what a grading process starts once (the template, cold caches); the others are what each further student
 costs. Wall-clock times need a quiet machine; CPU time is what a class graded on every core costs, and moves
 much less when the machine is shared.
+
+Each run imports coursegrader from its tree (PYTHONPATH, and the tree as the working folder, which `python -c`
+puts first on its path). Trees older than d1b6a3a start every kernel through `python -I -m coursegrader.sandbox`,
+and `-I` ignores PYTHONPATH: their kernels would run the installed coursegrader (this checkout's), which has no
+launcher any more. Compare with such a tree from a virtual environment whose coursegrader is that tree (a copy of
+.venv with a `.pth` file naming it), run with that environment's Python.
 """
 
 import argparse
@@ -79,6 +85,6 @@ for aid in args.assignments:
             tree = os.path.abspath(tree)
             with cpu_meter() as meter:
                 done = subprocess.run([sys.executable, "-c", ONE, aid, tree, str(args.copies)], capture_output=True,
-                                      text=True, env={**os.environ, "PYTHONPATH": tree}, preexec_fn=meter.enter)
+                                      text=True, env={**os.environ, "PYTHONPATH": tree}, cwd=tree, preexec_fn=meter.enter)
             print(aid, label, rep, done.stdout.strip() or done.stderr.strip().splitlines()[-1],
                   f"cpu {meter.seconds / args.copies:.1f} s per notebook" if meter.seconds else "", flush=True)
