@@ -31,12 +31,13 @@ class CapOutputs(NbGraderPreprocessor):
     def preprocess(self, nb: NotebookNode, resources: dict) -> tuple[NotebookNode, dict]:
         integrity.state(resources)["output_caps"] = self
         self.resources = resources
+        self.dropped_noted = False  # once per notebook, however often it runs again
         self.start_run()
         return nb, resources
 
     def start_run(self) -> None:
         """The notebook runs (again, after a restart) from the top."""
-        self.notebook_bytes, self.notebook_full, self.dropped_noted = 0, False, False
+        self.notebook_bytes, self.notebook_full = 0, False
         self.start_cell()
 
     def start_cell(self) -> None:
