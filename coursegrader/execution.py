@@ -11,7 +11,9 @@ nbgrader's behaviour for honest notebooks (same cells, same order, same outputs,
   classes) can change a grade;
 - **every kernel starts in a KernelBox** (sandbox.py, through provisioner.py's kernel provisioners): in
   bubblewrap, or, with the explicit opt-out `sandbox = False`, without it but still with a scratch HOME,
-  TMPDIR and working folder of its own.
+  TMPDIR and working folder of its own. Sandboxed by a root grader, the student's kernel is forked from a
+  students' template (one per grading process, `fork_students`) that has imported ipykernel and the course's
+  numpy, torch and matplotlib once, and that clears what the kernel before left (template.py).
 
 Three more concerns are preprocessors of their own, before and after it in the autograde list (see
 nbgrader_config.py and safety.py, which refuses to grade without them): `NotebookTimeLimit` (timelimit.py:
@@ -28,6 +30,7 @@ import os
 import socket
 import time
 import warnings
+from contextlib import nullcontext
 from queue import Empty
 
 from jupyter_client.kernelspec import KernelSpecManager
@@ -47,6 +50,9 @@ from .upstream import NotebookClientHooks, connected, poll_in_slices
 log = logging.getLogger(__name__)
 
 PRELOAD = {"numpy", "torch"}  # imported by the tests' kernels' template, when the notebook imports them
+# imported by the students' kernels' template, when the notebook imports them: modules whose import reads no
+# folder a kernel can write (matplotlib reads its configuration folder, which the template seals: provisioner.py)
+STUDENT_PRELOAD = {"numpy", "torch", "matplotlib", "matplotlib.pyplot"}
 
 
 class GuardsMissing(RuntimeError):
@@ -75,6 +81,10 @@ class GuardedExecute(NotebookClientHooks, Execute):
                                       "cells").tag(config=True)
     bindings = Dict(help="name -> [module, attribute]: what the course's imports bind (split.import_bindings); "
                          "default: read from the notebook's source in the course").tag(config=True)
+    fork_students = Bool(True, help="sandboxed by a root grader, fork each student's kernel from a template that has "
+                                    "imported ipykernel and the course's numpy, torch and matplotlib once per grading "
+                                    "process (provisioner.py); False starts a new sandboxed process for each "
+                                    "kernel").tag(config=True)
 
     # --- the notebook: run, and run again without a cell that stopped the kernel -----------------
     def preprocess(self, nb: NotebookNode, resources: dict, km=None) -> tuple[NotebookNode, dict]:
@@ -83,7 +93,8 @@ class GuardedExecute(NotebookClientHooks, Execute):
         self.caps = _guard(resources, "output_caps", CapOutputs)
         self.cell_timeout = self.timeout  # as configured; each cell gets at most what is left of the notebook's time
         self.tests_folder = self._tests_folder(resources)
-        with KernelBox(folder, sandbox=self.sandbox) as self.box:
+        forked = self.sandbox and self.fork_students and os.geteuid() == 0  # else a box of its own (a uid, a process)
+        with nullcontext() if forked else KernelBox(folder, sandbox=self.sandbox) as self.box:
             if not self.sandbox:
                 self.log.warning("grading WITHOUT the sandbox (GuardedExecute.sandbox = False): student code runs "
                                  "with your permissions")
@@ -112,13 +123,15 @@ class GuardedExecute(NotebookClientHooks, Execute):
         return split.notebook_names(str(source), source.stat().st_mtime_ns)
 
     def create_kernel_manager(self):
-        """A kernel manager that starts the kernel through this notebook's KernelBox, over IPC (a sandboxed kernel
-        shares no loopback with the grader), with its connection file in a fresh folder."""
+        """A kernel manager that starts the kernel through the students' template (cleared, and replaced if it does
+        not answer) or this notebook's KernelBox, over IPC (a sandboxed kernel shares no loopback with the grader),
+        with its connection file in a fresh folder."""
+        box = self.box if self.box is not None else provisioner.students_template(self.student_preload).box
         self.kernel_name = KERNEL_NAME
         self.km = self.kernel_manager_class(kernel_name=KERNEL_NAME, config=self.config,
-                                            kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(self.box.kernels)]))
+                                            kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(box.kernels)]))
         self.km.transport = "ipc"
-        self.km.connection_file = self.box.connection_file()
+        self.km.connection_file = box.connection_file()
         return self.km
 
     def _preprocess(self, nb: NotebookNode, resources: dict, km=None) -> tuple[NotebookNode, dict]:
@@ -126,6 +139,7 @@ class GuardedExecute(NotebookClientHooks, Execute):
         self.course_imports = self.course_bindings(resources)
         self.notebook_names = self._notebook_names(resources)
         preload = tuple(sorted({module.split(".")[0] for module, _ in self.course_imports.values()} & PRELOAD))
+        self.student_preload = tuple(sorted({module for module, _ in self.course_imports.values()} & STUDENT_PRELOAD))
         self.template = provisioner.template_for(self.tests_folder, self.sandbox, preload)
         self.tkm = self.tkc = None
         while True:  # run, and run again without a cell that stopped the kernel (NotebookTimeLimit decides)
@@ -164,7 +178,8 @@ class GuardedExecute(NotebookClientHooks, Execute):
                 # the student's kernel starts on one core while the template (if new) finishes its imports
                 await ensure_async(self.tkm.start_kernel(extra_arguments=self.extra_arguments, cwd=self.tests_folder,
                                                          pass_fds=(tests_end.fileno(),)))
-            self.channel = (student_end.fileno(), self.tkm.provisioner.channel_fd)  # as each kernel numbers it
+            forked = getattr(self.km.provisioner, "channel_fd", None)  # a forked kernel numbers it as its template did
+            self.channel = (student_end.fileno() if forked is None else forked, self.tkm.provisioner.channel_fd)
         finally:  # the kernels hold their ends; the grader keeps none (a kernel's death then closes the channel)
             student_end.close()
             tests_end.close()

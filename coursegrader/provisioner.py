@@ -16,6 +16,14 @@ started on first use (`template_for`) and stopped when the process ends.
 provisioner, instead of running the kernel's command, has the template fork it. The forked kernel is a
 child of the template, not of the grader, so `ForkedKernel` stands in for the subprocess.Popen that
 jupyter_client's LocalProvisioner keeps: poll, wait and signals go through the template.
+
+The students' kernels, when the grader is root and sandboxes them, are forked from a students' template
+(`students_template`, provisioner `StudentProvisioner`, entry point `coursegrader-students`): one per grading
+process, which has imported ipykernel and the course's numpy, torch and matplotlib once. Its kernels are
+different students', one after the other, in one sandbox: before each, the template kills everything the
+kernel before left and empties what it could write (template.py), and the grader removes every folder of the
+template's but the new kernel's, then copies the student's folder in. The template's own folders are the
+grader's (read-only to its uid) once it has imported its modules.
 """
 
 from __future__ import annotations
@@ -28,12 +36,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import weakref
 from multiprocessing import util as mp_util
 from pathlib import Path
 
+import psutil
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Unicode
 
@@ -44,8 +54,10 @@ log = logging.getLogger(__name__)
 kernel_log = logging.getLogger("coursegrader.kernel")
 
 PROVISIONER = "coursegrader-template"
+STUDENTS_PROVISIONER = "coursegrader-students"
 START_TIMEOUT = 120.0  # seconds for the template's imports (torch takes a few on a busy machine)
 REPLY_TIMEOUT = 30.0
+CLEAR_TIMEOUT = 15.0  # the template gives up after 10 s of killing; longer means it is stopped
 
 _templates: dict[tuple, Template] = {}  # template_for's: one per tests' folder
 _running: weakref.WeakValueDictionary[str, Template] = weakref.WeakValueDictionary()  # every open one, by key
@@ -57,16 +69,26 @@ class TemplateGone(RuntimeError):
 
 
 class Template:
-    """A running template: its box, its process and the control socket to it."""
+    """A running template: its box, its process and the control socket to it.
 
-    def __init__(self, folder: str, sandbox: bool, preload: tuple[str, ...], limits: Limits = Limits()):
+    `students`: a students' template (sandboxed, as root): its kernels are different students', one at a
+    time, each after a `clear`; it works in an empty folder (`folder` None)."""
+
+    def __init__(self, folder: str | None, sandbox: bool, preload: tuple[str, ...], limits: Limits = Limits(),
+                 students: bool = False):
         self.key = os.urandom(8).hex()
-        self.box = KernelBox(folder, sandbox=sandbox, limits=limits,
-                             provisioner={"provisioner_name": PROVISIONER, "config": {"template": self.key}})
+        self.students = students
+        if students and not (sandbox and os.geteuid() == 0):
+            raise ValueError("students' kernels are forked only in the sandbox, by a root grader (a uid per template)")
+        self._empty = tempfile.TemporaryDirectory(prefix="cg-empty-") if folder is None else None
+        folder = self._empty.name if folder is None else folder
+        self.box = KernelBox(folder, sandbox=sandbox, limits=limits, provisioner={
+            "provisioner_name": STUDENTS_PROVISIONER if students else PROVISIONER, "config": {"template": self.key}})
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:  # -c: the sandbox sees the Python installation, not this package's folder
             source = Path(__file__).with_name("template.py").read_text(encoding="utf-8")
-            kernel = [sys.executable, "-P", "-c", source, str(theirs.fileno()), ",".join(preload)]
+            kernel = [sys.executable, "-P", "-c", source, str(theirs.fileno()), ",".join(preload),
+                      *(["--students"] if students else [])]
             command, settings = self.box.launch(kernel, str(self.box.runtime), folder)
             with StderrLog("tests' kernel template") as stderr:
                 self.process = subprocess.Popen(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
@@ -78,20 +100,44 @@ class Template:
             raise
         finally:
             theirs.close()
-        log.info("starting the tests' kernels' template for %s (%s, preloading %s)", folder,
-                 "sandboxed" if sandbox else "NOT sandboxed", ", ".join(preload) or "nothing")
+        self.own = set(os.listdir(self.box.runtime))  # the template's HOME and folder
+        log.info("starting the %s kernels' template for %s (%s, preloading %s)", "students'" if students else "tests'",
+                 folder, "sandboxed" if sandbox else "NOT sandboxed", ", ".join(preload) or "nothing")
         self.control = ours
         self._lock = threading.Lock()
         self.ready = False  # its imports run while the grader starts the student's kernel; the first request waits
+        self.inside: psutil.Process | None = None  # the template process itself, under bwrap
         _running[self.key] = self
 
     def _wait_ready(self) -> None:
         self.control.settimeout(START_TIMEOUT)
         ready = self._receive()
         if not ready.get("ready"):
-            raise TemplateGone(f"the tests' kernel template did not start: {ready}")
+            raise TemplateGone(f"the kernel template did not start: {ready}")
         self.control.settimeout(REPLY_TIMEOUT)
+        if self.students:
+            self._seal()
         self.ready = True
+
+    def _seal(self) -> None:
+        """A students' template has imported its modules: its runtime folder, HOME and working folder become the
+        grader's, readable but not writable by the sandbox's uid (what its kernels could plant there, a later
+        kernel could find; matplotlib keeps the paths it found at import). Also find the template's process."""
+        me = os.getuid()
+        os.lchown(self.box.runtime, me, me)
+        for name in self.own:
+            top = os.path.join(self.box.runtime, name)
+            sandbox.give_to(me, top)
+            for dirpath, dirnames, filenames in os.walk(top):
+                os.chmod(dirpath, 0o755)
+                for name in filenames:
+                    os.chmod(os.path.join(dirpath, name), 0o644)
+        try:
+            pythons = [p for p in psutil.Process(self.process.pid).children(recursive=True)
+                       if p.uids().real == self.box.uid]
+            self.inside = pythons[-1] if pythons else None
+        except psutil.Error:
+            self.inside = None
 
     def _receive(self) -> dict:
         try:
@@ -118,22 +164,53 @@ class Template:
                 self.control.close()
                 self.control = None
                 raise
+        log.debug("template %s: %s -> %s", self.key, message, reply)
         if "error" in reply:
-            raise RuntimeError(f"the tests' kernel template: {reply['error']}")
+            raise RuntimeError(f"the kernel template: {reply['error']}")
         return reply
 
     def alive(self) -> bool:
         """Running and answering: template_for replaces a template that is not."""
         return self.control is not None and self.process.poll() is None
 
-    def fork(self, connection_file: str, channel: int) -> tuple[int, int]:
+    def clear(self, keep: str | None = None) -> int:
+        """(A students' template.) Kill every process of the kernel before and empty what it could write (the
+        template does), then remove every folder of the runtime but the template's own and `keep` (the grader
+        does). The number of processes killed."""
+        if self.inside is not None:  # a kernel may have stopped it (SIGSTOP): a stopped template would not answer
+            try:
+                self.inside.resume()
+            except psutil.Error:
+                pass
+        with self._lock:
+            if self.control is not None and self.ready:
+                self.control.settimeout(CLEAR_TIMEOUT)
+        try:
+            killed = int(self.request({"op": "clear"})["killed"])
+        finally:
+            with self._lock:
+                if self.control is not None:
+                    self.control.settimeout(REPLY_TIMEOUT)
+        keep_names = self.own | ({os.path.basename(keep)} if keep else set())
+        for entry in os.scandir(self.box.runtime):
+            if entry.name not in keep_names:
+                shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
+        if killed:
+            log.info("the students' kernel template killed %d processes the kernel before left", killed)
+        return killed
+
+    def fork(self, connection_file: str, channel: int, work: str | None = None, home: str | None = None,
+             stderr: int | None = None) -> tuple[int, int]:
         """A new kernel on this connection file, holding `channel`: (its pid in the template, the channel's fd
-        number in it)."""
+        number in it). `work` and `home`: folders made for it (else it copies the template's folder); `stderr`:
+        a descriptor for its stderr."""
         folder = os.path.dirname(connection_file)
         if self.box.uid != os.getuid():  # the kernel runs as the box's uid: its folder and connection file are its own
-            os.chown(folder, self.box.uid, self.box.uid)
-            os.lchown(connection_file, self.box.uid, self.box.uid)
-        reply = self.request({"op": "start", "folder": folder, "connection_file": connection_file}, (channel,))
+            sandbox.give_to(self.box.uid, folder)
+        request = {"op": "start", "folder": folder, "connection_file": connection_file}
+        if work is not None:
+            request.update(work=work, home=home)
+        reply = self.request(request, (channel,) if stderr is None else (channel, stderr))
         return int(reply["pid"]), int(reply["fd"])
 
     def close(self) -> None:
@@ -146,24 +223,39 @@ class Template:
             self.process.kill()
             self.process.wait()
         self.box.close()
+        if self._empty is not None:
+            self._empty.cleanup()
 
 
-def template_for(folder: str, sandbox: bool, preload: tuple[str, ...]) -> Template:
-    """The running template for this tests' folder (started now if there is none, or if it died). Templates for
-    other folders are closed: a grading process grades one assignment at a time, and each template holds a
-    sandbox uid and the memory of its imports."""
-    key = (os.path.realpath(folder), sandbox, preload)
+def template_for(folder: str | None, sandbox: bool, preload: tuple[str, ...], students: bool = False) -> Template:
+    """The running template for this tests' folder, or the students' template (`folder` None), started now if there
+    is none or if it died. Other templates of the same kind are closed: a grading process grades one assignment
+    at a time, and each template holds a sandbox uid and the memory of its imports."""
+    key = (students, folder and os.path.realpath(folder), sandbox, preload)
     with _lock:
         template = _templates.get(key)
         if template is not None and not template.alive():
-            log.warning("the tests' kernel template for %s stopped; starting another", folder)
+            log.warning("the %s kernel template stopped; starting another", "students'" if students else "tests'")
             template.close()
             template = None
         if template is None:
-            for other in [k for k in _templates if k != key]:  # a process grades one assignment at a time
+            for other in [k for k in _templates if k[0] == students and k != key]:  # one assignment at a time
                 _templates.pop(other).close()
-            template = _templates[key] = Template(folder, sandbox, preload)
+            template = _templates[key] = Template(folder, sandbox, preload, students=students)
         return template
+
+
+def students_template(preload: tuple[str, ...]) -> Template:
+    """The students' template, cleared for a new student's kernel: started now if there is none, and replaced if
+    it does not answer (the kernel before may have stopped or killed it)."""
+    template = template_for(None, True, preload, students=True)
+    try:
+        template.clear()
+    except TemplateGone as exc:
+        log.warning("the students' kernel template does not answer (%s); starting another", exc)
+        template = template_for(None, True, preload, students=True)
+        template.clear()
+    return template
 
 
 def close_all() -> None:
@@ -246,6 +338,29 @@ class TemplateProvisioner(LocalProvisioner):
         await super().cleanup(restart)
         if not restart and self.parent is not None and self.parent.connection_file:
             shutil.rmtree(os.path.dirname(self.parent.connection_file), ignore_errors=True)
+
+
+class StudentProvisioner(TemplateProvisioner):
+    """TemplateProvisioner for a students' template: before the kernel is forked, the template is cleared, and the
+    kernel gets a fresh HOME and a fresh copy of the student's folder (made after the clear, so that nothing of
+    the kernel before can touch them), and its own stderr, to the logger `coursegrader.kernel`."""
+
+    stderr: StderrLog | None = None
+
+    async def launch_kernel(self, cmd: list[str], **kwargs) -> dict:
+        template = _by_key(self.template)
+        fds = tuple(kwargs.get("pass_fds") or ())
+        if len(fds) != 1:
+            raise RuntimeError("a student's kernel is started with exactly one descriptor: its channel")
+        folder = os.path.dirname(self.parent.connection_file)
+        template.clear(keep=folder)
+        home, work = sandbox.scratch_folders(folder, kwargs.get("cwd") or os.getcwd())
+        with StderrLog(f"kernel {os.path.basename(folder)}") as self.stderr:
+            pid, self.channel_fd = template.fork(self.parent.connection_file, fds[0], work, home, self.stderr.fd)
+        self.process = ForkedKernel(template, pid)
+        self.pid, self.pgid = pid, None
+        self.cwd = kwargs.get("cwd", Path.cwd())
+        return self.connection_info
 
 
 class StderrLog:

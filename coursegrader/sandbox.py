@@ -186,16 +186,9 @@ class KernelBox:
             raise RuntimeError(f"{runtime} is not a kernel folder of this box ({self.runtime})")
         uid = self.uid if os.geteuid() == 0 and self.sandbox else None
         self._clear(uid)
-        # Fresh folders for this kernel only (random names: nothing can be planted in advance).
-        scratch = tempfile.mkdtemp(prefix="home-", dir=runtime)
-        work = tempfile.mkdtemp(prefix="work-", dir=runtime)
-        shutil.copytree(self.cwd, work, symlinks=True, dirs_exist_ok=True)
-        os.mkdir(os.path.join(scratch, "matplotlib"))
-        cache = Path.home() / ".cache" / "matplotlib"  # a font cache saves every kernel ~1 s of font scanning
-        for fontlist in cache.glob("fontlist-*.json"):
-            shutil.copy2(fontlist, os.path.join(scratch, "matplotlib", fontlist.name))
+        scratch, work = scratch_folders(runtime, self.cwd)
         if uid is not None:  # the kernel's folders are its own; nothing else of the grader's is
-            _give_to(uid, runtime)
+            give_to(uid, runtime)
             processes = self.limits.processes
         else:  # without a uid of its own, the kernel shares the grader's process count
             processes = self.limits.processes + tasks_of(os.getuid())
@@ -230,6 +223,19 @@ class KernelBox:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def scratch_folders(runtime: str, cwd: str) -> tuple[str, str]:
+    """A fresh HOME (with matplotlib's font cache) and a fresh copy of `cwd`, in `runtime`, for one kernel only
+    (random names: nothing can be planted in advance; links are copied as links, never followed)."""
+    scratch = tempfile.mkdtemp(prefix="home-", dir=runtime)
+    work = tempfile.mkdtemp(prefix="work-", dir=runtime)
+    shutil.copytree(cwd, work, symlinks=True, dirs_exist_ok=True)
+    os.mkdir(os.path.join(scratch, "matplotlib"))
+    cache = Path.home() / ".cache" / "matplotlib"  # a font cache saves every kernel ~1 s of font scanning
+    for fontlist in cache.glob("fontlist-*.json"):
+        shutil.copy2(fontlist, os.path.join(scratch, "matplotlib", fontlist.name))
+    return scratch, work
 
 
 def box(key: str) -> KernelBox:
@@ -293,14 +299,14 @@ def bwrap_command(kernel: list[str], runtime: str, cwd: str, work: str, scratch:
     pythons = sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), sys.prefix})
     cmd = [shutil.which(BWRAP) or BWRAP, *_system_binds(), "--perms", "1777", "--size", str(64 * MiB), "--tmpfs", "/tmp",
            *_with_parents([("--ro-bind", p, p) for p in pythons] + [("--bind", runtime, runtime), ("--bind", work, cwd)]),
-           "--dev", "/dev", "--proc", "/proc",
+           "--dev", "/dev", "--mqueue", "/dev/mqueue", "--proc", "/proc",
            *_namespaces(), "--die-with-parent", "--new-session", "--chdir", cwd, "--clearenv"]
     for key, value in kernel_environment(scratch).items():
         cmd += ["--setenv", key, value]
     return [*cmd, "--", *drop_to(uid, kernel)]
 
 
-def _give_to(uid: int, path: str) -> None:
+def give_to(uid: int, path: str) -> None:
     """chown a folder we just made, and what is in it, without following any link."""
     os.lchown(path, uid, uid)
     for dirpath, dirnames, filenames in os.walk(path):
