@@ -362,6 +362,17 @@ class StudentProvisioner(TemplateProvisioner):
         self.cwd = kwargs.get("cwd", Path.cwd())
         return self.connection_info
 
+    async def cleanup(self, restart: bool = False) -> None:
+        """Also clear the template now: what the kernel left running stops with it, not when the next kernel starts."""
+        await super().cleanup(restart)
+        if not restart:
+            template = _running.get(self.template)
+            try:
+                if template is not None and template.alive():
+                    template.clear()
+            except (TemplateGone, RuntimeError) as exc:
+                log.warning("could not clear the students' kernel template after a kernel (%s)", exc)
+
 
 class StderrLog:
     """A pipe for a kernel's stderr, read by a thread that sends each line to the logger `coursegrader.kernel`

@@ -21,6 +21,9 @@ kernel in `bwrap`:
   code runs between fork and exec); run as root, the kernel drops to an unused uid claimed per box
   (SANDBOX_UIDS), so that the process limit holds and leftovers can be killed.
 
+Kernels forked from a template (provisioner.py, template.py) share their template's box: one per grading process,
+its kernels one at a time, cleared in between.
+
 The explicit opt-out (`KernelBox(sandbox=False)`, for trusted notebooks where bubblewrap cannot run) keeps
 the scratch folders, the environment, the import path and the limits, without bwrap and its uid.
 """

@@ -7,17 +7,17 @@ control socket. For each notebook the grader asks it for a kernel; it forks, and
 ipykernel kernel in a folder of its own (a fresh HOME, and a fresh copy of the tests' folder to work in).
 The template runs no code but this file, so every kernel it forks starts as clean as a new process.
 
-The students' kernels are forked from a template too (`--students`: one template per grading process, its
-kernels one at a time, each a different student's). Kernels of different students then share the template's
-sandbox (its uid and namespaces) one after the other, so before each fork the template clears what the kernel
-before left (`clear`): it kills every other process of its uid (kill(-1) reaches them all at once, however many
-a fork bomb makes; the loop waits until /proc shows none), then empties /tmp and /dev/mqueue (the sandbox's
-only places a kernel can write besides its own folder, which the grader removes) and removes the System V IPC
-objects of its namespace. The template itself is not dumpable (PR_SET_DUMPABLE 0), so no kernel can ptrace it
-or read its memory; it holds nothing secret (connection files are read by the forked child), and a kernel that
-stops or kills it stops its own grading: the grader replaces a template that does not answer. A student's
-kernel gets its folders from the grader (a copy of the student's folder, made after the clear) and its stderr
-as a descriptor of its own.
+The students' kernels are forked from a template too (`--students`: one template per grading process, its kernels
+one at a time, each a different student's). Kernels of different students then share the template's sandbox (its
+uid and namespaces) one after the other, so before each fork the template clears what the kernel before left
+(`clear`): it kills every other process of its uid (kill(-1) reaches them all at once, however many a fork bomb
+makes; the loop waits until /proc shows none), then empties /tmp and /dev/mqueue (the sandbox's only places a
+kernel can write besides its own folder, which the grader removes), removes the System V IPC objects of its
+namespace and empties its uid's keyrings. The template itself is not dumpable (PR_SET_DUMPABLE 0), so no kernel can
+ptrace it or read its memory; it holds nothing secret (connection files are read by the forked child), and a kernel
+that stops or kills it stops its own grading: the grader replaces a template that does not answer. A student's
+kernel gets its folders from the grader (a copy of the student's folder, made after the clear) and its stderr as a
+descriptor of its own.
 
 The grader's side is `provisioner.py`. This file is run in the sandbox (sandbox.KernelBox.launch) as `python -P -c <this
 source> <control fd> <modules to import> [--students]`, so it imports nothing from coursegrader.
@@ -29,7 +29,7 @@ Requests on the control socket (a SOCK_SEQPACKET socket: one JSON object per mes
   of in a copy of the template's folder; a second descriptor attached becomes the kernel's stderr. A
   students' template forks only right after a `clear`;
 - {"op": "clear"}: (students' template) kill every other process of this uid, empty /tmp and /dev/mqueue,
-  remove System V IPC objects; {"killed": N};
+  remove System V IPC objects, empty the uid's keyrings; {"killed": N};
 - {"op": "poll", "pid": P}: {"code": None} while it runs, else its exit code as subprocess reports one;
 - {"op": "signal", "pid": P, "signal": S}: send it a signal; {"ok": True}.
 When the grader closes the socket, the template kills its kernels and exits.
@@ -114,6 +114,19 @@ def _remove_ipc() -> None:
             remove(ipc_id)
 
 
+KEYCTL = {"x86_64": 250, "aarch64": 219}  # keyctl's system call number (no libc wrapper without libkeyutils)
+
+
+def _clear_keyrings() -> None:
+    """Empty this uid's user and user-session keyrings (keyctl KEYCTL_CLEAR): they outlive its processes."""
+    import ctypes
+    number = KEYCTL.get(os.uname().machine)
+    if number is not None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for keyring in (-4, -5):  # KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING
+            libc.syscall(number, 7, keyring)  # 7: KEYCTL_CLEAR
+
+
 def _clear(reap) -> int:
     """Kill every other process of this uid (the kernel before, whatever it left), then empty what it could write.
     kill(-1) signals every process this one may signal, itself and init excepted; the sandbox's uid is the
@@ -134,6 +147,7 @@ def _clear(reap) -> int:
     for folder in WRITABLE:
         _empty(folder)
     _remove_ipc()
+    _clear_keyrings()
     return killed
 
 
