@@ -90,10 +90,15 @@ class Template:
             kernel = [sys.executable, "-P", "-c", source, str(theirs.fileno()), ",".join(preload),
                       *(["--students"] if students else [])]
             command, settings = self.box.launch(kernel, str(self.box.runtime), folder)
-            with StderrLog("tests' kernel template") as stderr:
-                self.process = subprocess.Popen(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                                                stdout=subprocess.DEVNULL, stderr=stderr.fd, start_new_session=True,
-                                                **settings)
+            box_fds = settings.pop("pass_fds")
+            try:
+                with StderrLog("students' kernel template" if students else "tests' kernel template") as stderr:
+                    self.process = subprocess.Popen(command, pass_fds=(theirs.fileno(), *box_fds),
+                                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                                    stderr=stderr.fd, start_new_session=True, **settings)
+            finally:
+                for fd in box_fds:
+                    os.close(fd)
         except BaseException:
             ours.close()
             self.box.close()
@@ -217,6 +222,11 @@ class Template:
         control, self.control = getattr(self, "control", None), None
         if control is not None:
             control.close()  # the template kills its kernels and exits
+        if self.inside is not None:  # a stopped template would not
+            try:
+                self.inside.resume()
+            except psutil.Error:
+                pass
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -251,8 +261,12 @@ def students_template(preload: tuple[str, ...]) -> Template:
     template = template_for(None, True, preload, students=True)
     try:
         template.clear()
-    except TemplateGone as exc:
-        log.warning("the students' kernel template does not answer (%s); starting another", exc)
+    except (TemplateGone, RuntimeError) as exc:  # stopped, killed, or left with something it cannot clear
+        log.warning("the students' kernel template could not be cleared (%s); starting another", exc)
+        with _lock:
+            for key in [k for k, t in _templates.items() if t is template]:
+                del _templates[key]
+        template.close()
         template = template_for(None, True, preload, students=True)
         template.clear()
     return template
@@ -413,14 +427,22 @@ class SandboxProvisioner(LocalProvisioner):
 
     box = Unicode(help="which open KernelBox the kernel starts in (set by the box's kernel spec)")
     stderr: StderrLog | None = None
+    box_fds: tuple[int, ...] = ()
 
     async def pre_launch(self, **kwargs) -> dict:
         kwargs = await super().pre_launch(**kwargs)  # the connection file is written, the command formatted
         folder = os.path.dirname(self.parent.connection_file)
         command, settings = sandbox.box(self.box).launch(kwargs.pop("cmd"), folder, kwargs.get("cwd") or os.getcwd())
-        return {**kwargs, **settings, "cmd": command}
+        self.box_fds = settings.pop("pass_fds")
+        return {**kwargs, **settings, "cmd": command,
+                "pass_fds": (*(kwargs.get("pass_fds") or ()), *self.box_fds)}
 
     async def launch_kernel(self, cmd: list[str], **kwargs) -> dict:
-        with StderrLog(f"kernel {os.path.basename(os.path.dirname(self.parent.connection_file))}") as self.stderr:
-            return await super().launch_kernel(cmd, **{**kwargs, "stdout": subprocess.DEVNULL,
-                                                       "stderr": self.stderr.fd})
+        try:
+            with StderrLog(f"kernel {os.path.basename(os.path.dirname(self.parent.connection_file))}") as self.stderr:
+                return await super().launch_kernel(cmd, **{**kwargs, "stdout": subprocess.DEVNULL,
+                                                           "stderr": self.stderr.fd})
+        finally:
+            box_fds, self.box_fds = self.box_fds, ()
+            for fd in box_fds:
+                os.close(fd)

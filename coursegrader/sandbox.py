@@ -16,6 +16,7 @@ kernel in `bwrap`:
   stand in for ipykernel's launcher or for numpy;
 - no network (a new network namespace: even loopback is a different one), new PID/IPC/UTS namespaces,
   and the sandbox dies with the grader;
+- no kernel keyrings (a seccomp filter: keys outlive the processes that add them);
 - an environment cleared down to a short allow-list (a TA's tokens never reach student code);
 - limits on address space, processes (threads count) and file size (util-linux's `prlimit`, so no Python
   code runs between fork and exec); run as root, the kernel drops to an unused uid claimed per box
@@ -176,7 +177,8 @@ class KernelBox:
         return os.path.join(tempfile.mkdtemp(prefix="k-", dir=self.runtime), "kernel.json")
 
     def launch(self, kernel: list[str], runtime: str, cwd: str) -> tuple[list[str], dict]:
-        """The command line and the Popen keywords (env, cwd) that start `kernel` in this box.
+        """The command line and the Popen keywords (env, cwd, pass_fds) that start `kernel` in this box. The caller
+        adds its own descriptors to pass_fds, and closes those of pass_fds once the process has started.
 
         `runtime` is the kernel's writable folder: a folder `connection_file()` made (or, for a template, the
         box's runtime folder, which will hold its kernels' folders). The kernel gets a fresh HOME and a fresh
@@ -197,8 +199,10 @@ class KernelBox:
             processes = self.limits.processes + tasks_of(os.getuid())
         prlimit = self.limits.prlimit(processes)
         if not self.sandbox:  # the opt-out: the kernel works in its copy, with its own HOME and TMPDIR
-            return [*prlimit, *kernel], {"env": kernel_environment(scratch), "cwd": work}
-        return [*prlimit, *bwrap_command(kernel, runtime, self.cwd, work, scratch, uid)], {"env": {}, "cwd": self.cwd}
+            return [*prlimit, *kernel], {"env": kernel_environment(scratch), "cwd": work, "pass_fds": ()}
+        seccomp = seccomp_fd()
+        return ([*prlimit, *bwrap_command(kernel, runtime, self.cwd, work, scratch, uid, seccomp)],
+                {"env": {}, "cwd": self.cwd, "pass_fds": () if seccomp is None else (seccomp,)})
 
     @staticmethod
     def _clear(uid: int | None, wait: float = 10.0) -> None:
@@ -295,15 +299,56 @@ def drop_to(uid: int | None, kernel: list[str]) -> list[str]:
     return [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", *kernel]
 
 
-def bwrap_command(kernel: list[str], runtime: str, cwd: str, work: str, scratch: str, uid: int | None) -> list[str]:
+# --- seccomp: the kernel keyrings are out of reach ---------------------------------------------
+# A uid's keyrings (add_key, keyctl) outlive its processes, and a persistent one its sandbox: whatever one
+# student's kernel put there, the next kernel of the same uid could read. No kernel needs them, so the three
+# system calls fail with EPERM; system calls of another ABI (32-bit, x32) fail with ENOSYS.
+KEY_SYSCALLS = {"x86_64": (0xC000003E, (248, 249, 250)), "aarch64": (0xC00000B7, (217, 218, 219))}
+
+
+def seccomp_program() -> bytes | None:
+    """The classic BPF program for bwrap's --seccomp (struct sock_filter[], native byte order), or None on an
+    architecture this does not know."""
+    import struct
+    known = KEY_SYSCALLS.get(os.uname().machine)
+    if known is None:
+        return None
+    arch, (add_key, request_key, keyctl) = known
+    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | errno
+    program = [(load, 0, 0, 4),  # seccomp_data.arch
+               (jeq, 0, 7, arch),  # another ABI: to the last instruction
+               (load, 0, 0, 0),  # seccomp_data.nr
+               (jge, 5, 0, 0x40000000),  # x32's numbers: to the last instruction
+               (jeq, 3, 0, add_key), (jeq, 2, 0, request_key), (jeq, 1, 0, keyctl),
+               (ret, 0, 0, allow), (ret, 0, 0, eperm), (ret, 0, 0, enosys)]
+    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+
+
+def seccomp_fd() -> int | None:
+    """A new descriptor holding seccomp_program() for one bwrap (which reads it to its end), or None. The caller
+    passes it to the process (pass_fds) and closes it once the process has started."""
+    program = seccomp_program()
+    if program is None:
+        return None
+    fd = os.memfd_create("coursegrader-seccomp", 0)
+    os.write(fd, program)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def bwrap_command(kernel: list[str], runtime: str, cwd: str, work: str, scratch: str, uid: int | None,
+                  seccomp: int | None = None) -> list[str]:
     """The full command line: bwrap, its mounts and namespaces, then (as root) setpriv to `uid`, then the kernel.
     `runtime` (the kernel's folder: connection file, sockets) is writable; `work`, a copy of `cwd`, is mounted at
-    `cwd`."""
+    `cwd`; `seccomp`, a descriptor from seccomp_fd()."""
     pythons = sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), sys.prefix})
     cmd = [shutil.which(BWRAP) or BWRAP, *_system_binds(), "--perms", "1777", "--size", str(64 * MiB), "--tmpfs", "/tmp",
            *_with_parents([("--ro-bind", p, p) for p in pythons] + [("--bind", runtime, runtime), ("--bind", work, cwd)]),
            "--dev", "/dev", "--mqueue", "/dev/mqueue", "--proc", "/proc",
            *_namespaces(), "--die-with-parent", "--new-session", "--chdir", cwd, "--clearenv"]
+    if seccomp is not None:
+        cmd += ["--seccomp", str(seccomp)]
     for key, value in kernel_environment(scratch).items():
         cmd += ["--setenv", key, value]
     return [*cmd, "--", *drop_to(uid, kernel)]

@@ -12,8 +12,10 @@ one at a time, each a different student's). Kernels of different students then s
 uid and namespaces) one after the other, so before each fork the template clears what the kernel before left
 (`clear`): it kills every other process of its uid (kill(-1) reaches them all at once, however many a fork bomb
 makes; the loop waits until /proc shows none), then empties /tmp and /dev/mqueue (the sandbox's only places a
-kernel can write besides its own folder, which the grader removes), removes the System V IPC objects of its
-namespace and empties its uid's keyrings. The template itself is not dumpable (PR_SET_DUMPABLE 0), so no kernel can
+kernel can write besides its own folder, which the grader removes) and removes the System V IPC objects of its
+namespace (the kernel keyrings are out of every kernel's reach: sandbox.py). It then checks that its own limits,
+priority and CPUs are still those it started with (a process of its uid may change them, and its kernels inherit
+them); if anything cannot be cleared or restored, the clear fails and the grader starts another template. The template itself is not dumpable (PR_SET_DUMPABLE 0), so no kernel can
 ptrace it or read its memory; it holds nothing secret (connection files are read by the forked child), and a kernel
 that stops or kills it stops its own grading: the grader replaces a template that does not answer. A student's
 kernel gets its folders from the grader (a copy of the student's folder, made after the clear) and its stderr as a
@@ -29,7 +31,7 @@ Requests on the control socket (a SOCK_SEQPACKET socket: one JSON object per mes
   of in a copy of the template's folder; a second descriptor attached becomes the kernel's stderr. A
   students' template forks only right after a `clear`;
 - {"op": "clear"}: (students' template) kill every other process of this uid, empty /tmp and /dev/mqueue,
-  remove System V IPC objects, empty the uid's keyrings; {"killed": N};
+  remove System V IPC objects, check its own limits and priority; {"killed": N};
 - {"op": "poll", "pid": P}: {"code": None} while it runs, else its exit code as subprocess reports one;
 - {"op": "signal", "pid": P, "signal": S}: send it a signal; {"ok": True}.
 When the grader closes the socket, the template kills its kernels and exits.
@@ -81,22 +83,39 @@ def _others() -> list[int]:
 
 
 def _empty(folder: str) -> None:
-    """Remove what is in `folder` (links are removed, never followed); what this uid cannot remove it did not make."""
+    """Remove what is in `folder` (links are removed, never followed; a folder without permissions gets them back).
+    Raises if anything is left: the grader then starts another template (a new /tmp, a new IPC namespace)."""
+    def retry(function, path, _):
+        os.chmod(os.path.dirname(path) or ".", 0o700)
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, 0o700)
+            shutil.rmtree(path)  # a folder it could not read before
+        else:
+            function(path)
+
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, onerror=retry)
+        else:
+            os.unlink(entry.path)
+    left = os.listdir(folder)
+    if left:
+        raise RuntimeError(f"{folder} still holds {len(left)} entries")
+
+
+def _state() -> tuple:
+    """What a forked kernel inherits from its template that a process of the same uid can change: resource limits,
+    scheduling priority and policy, CPUs, I/O priority."""
+    import resource
+    limits = tuple(resource.getrlimit(getattr(resource, name)) for name in sorted(dir(resource))
+                   if name.startswith("RLIMIT_"))
     try:
-        entries = list(os.scandir(folder))
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            if entry.stat(follow_symlinks=False).st_uid == os.getuid():
-                raise
+        import psutil
+        io = tuple(psutil.Process().ionice())
+    except Exception:  # noqa: BLE001 -- psutil is the grader's; without it, the I/O priority is not compared
+        io = ()
+    return (limits, os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0), os.sched_getparam(0).sched_priority,
+            tuple(sorted(os.sched_getaffinity(0))), io)
 
 
 def _remove_ipc() -> None:
@@ -111,23 +130,11 @@ def _remove_ipc() -> None:
         except OSError:
             continue
         for ipc_id in ids:
-            remove(ipc_id)
+            if remove(ipc_id) != 0 and ctypes.get_errno() not in (22, 43):  # EINVAL, EIDRM: gone already
+                raise RuntimeError(f"cannot remove System V {kind} {ipc_id} (errno {ctypes.get_errno()})")
 
 
-KEYCTL = {"x86_64": 250, "aarch64": 219}  # keyctl's system call number (no libc wrapper without libkeyutils)
-
-
-def _clear_keyrings() -> None:
-    """Empty this uid's user and user-session keyrings (keyctl KEYCTL_CLEAR): they outlive its processes."""
-    import ctypes
-    number = KEYCTL.get(os.uname().machine)
-    if number is not None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        for keyring in (-4, -5):  # KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING
-            libc.syscall(number, 7, keyring)  # 7: KEYCTL_CLEAR
-
-
-def _clear(reap) -> int:
+def _clear(reap, started: tuple) -> int:
     """Kill every other process of this uid (the kernel before, whatever it left), then empty what it could write.
     kill(-1) signals every process this one may signal, itself and init excepted; the sandbox's uid is the
     template's alone and its PID namespace holds nothing else. The number of processes killed."""
@@ -147,7 +154,8 @@ def _clear(reap) -> int:
     for folder in WRITABLE:
         _empty(folder)
     _remove_ipc()
-    _clear_keyrings()
+    if _state() != started:  # a hard limit lowered cannot be raised again by this uid: another template is needed
+        raise RuntimeError("the template's limits, priority or CPUs were changed by a kernel")
     return killed
 
 
@@ -186,6 +194,7 @@ def _become_kernel(folder: str, connection_file: str, work: str | None, home: st
 def serve(control: socket.socket, students: bool) -> None:
     kernels: dict[int, int | None] = {}  # pid -> exit code (None while it runs)
     cleared = False  # a students' template forks only right after a clear
+    started = _state() if students else ()
 
     def reap() -> None:
         while True:
@@ -230,7 +239,7 @@ def serve(control: socket.socket, students: bool) -> None:
             elif op == "clear":
                 if not students:
                     raise ValueError("only a students' template clears")
-                reply = {"killed": _clear(reap)}
+                reply = {"killed": _clear(reap, started)}
                 cleared = True
             elif op == "poll":
                 reply = {"code": kernels.get(int(request["pid"]), -signal.SIGKILL)}
