@@ -275,15 +275,22 @@ def test_adversarial_module_without_bubblewrap_touches_nothing_outside(tmp_path)
     assert state() == before, f"something changed outside the tests' folders: {before} -> {state()}"
 
 
-def test_honest_grades_equal_plain_nbgrader(tmp_path):
-    """The hardening changes nothing for honest work: the sample class scores cell for cell as under plain nbgrader."""
+@pytest.mark.parametrize("fork_students", [True, False], ids=["forked", "own-sandbox"])
+def test_honest_grades_equal_plain_nbgrader(tmp_path, fork_students):
+    """The hardening changes nothing for honest work: the sample class scores cell for cell as under plain nbgrader,
+    whether the students' kernels are forked from a template (as root, sandboxed) or start a sandbox each."""
     from nbgrader.api import Gradebook
     from nbgrader.apps import NbGraderAPI
     from nbgrader.coursedir import CourseDirectory
 
     from coursegrader import sampleclass
 
+    if not fork_students and not (SANDBOX and os.geteuid() == 0):
+        pytest.skip("students' kernels are forked only as root in the sandbox: the other case is the only one here")
     root = make_course(tmp_path / "course")
+    if not fork_students:
+        (root / "nbgrader_config.py").write_text((root / "nbgrader_config.py").read_text()
+                                                 + "c.GuardedExecute.fork_students = False\n")
     course = Course.load(root)
     grader = Grader(course, root, **TRUSTED)
     subs = sampleclass.plan(course, "toy")
