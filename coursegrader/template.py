@@ -82,9 +82,17 @@ def _others() -> list[int]:
     return found
 
 
+def _ours(folder: str) -> list[os.DirEntry]:
+    """The entries of `folder` this uid made. Others are bubblewrap's (as root): the folders that lead to a bound
+    folder, such as the runtime folder when it lies under /tmp."""
+    me = os.getuid()
+    return [entry for entry in os.scandir(folder) if entry.stat(follow_symlinks=False).st_uid == me]
+
+
 def _empty(folder: str) -> None:
-    """Remove what is in `folder` (links are removed, never followed; a folder without permissions gets them back).
-    Raises if anything is left: the grader then starts another template (a new /tmp, a new IPC namespace)."""
+    """Remove what this uid made in `folder` (links are removed, never followed; a folder without permissions gets
+    them back). Raises if any of it is left: the grader then starts another template (a new /tmp, a new IPC
+    namespace)."""
     def retry(function, path, _):
         os.chmod(os.path.dirname(path) or ".", 0o700)
         if os.path.isdir(path) and not os.path.islink(path):
@@ -93,12 +101,12 @@ def _empty(folder: str) -> None:
         else:
             function(path)
 
-    for entry in os.scandir(folder):
+    for entry in _ours(folder):
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, onerror=retry)
         else:
             os.unlink(entry.path)
-    left = os.listdir(folder)
+    left = _ours(folder)
     if left:
         raise RuntimeError(f"{folder} still holds {len(left)} entries")
 
