@@ -133,10 +133,10 @@ class Template:
         for name in self.own:
             top = os.path.join(self.box.runtime, name)
             sandbox.give_to(me, top)
-            for dirpath, dirnames, filenames in os.walk(top):
+            for dirpath, _, filenames in os.walk(top):
                 os.chmod(dirpath, 0o755)
-                for name in filenames:
-                    os.chmod(os.path.join(dirpath, name), 0o644)
+                for filename in filenames:
+                    os.chmod(os.path.join(dirpath, filename), 0o644)
         try:
             pythons = [p for p in psutil.Process(self.process.pid).children(recursive=True)
                        if p.uids().real == self.box.uid]
@@ -198,8 +198,12 @@ class Template:
                     self.control.settimeout(REPLY_TIMEOUT)
         keep_names = self.own | ({os.path.basename(keep)} if keep else set())
         for entry in os.scandir(self.box.runtime):
-            if entry.name not in keep_names:
-                shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
+            if entry.name in keep_names:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
         if killed:
             log.info("the students' kernel template killed %d processes the kernel before left", killed)
         return killed
