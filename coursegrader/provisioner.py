@@ -344,12 +344,16 @@ class TemplateProvisioner(LocalProvisioner):
         template = _by_key(self.template)
         fds = tuple(kwargs.get("pass_fds") or ())
         if len(fds) != 1:
-            raise RuntimeError("a tests' kernel is started with exactly one descriptor: its channel")
-        pid, self.channel_fd = template.fork(self.parent.connection_file, fds[0])
+            raise RuntimeError("a kernel forked from a template is started with exactly one descriptor: its channel")
+        pid, self.channel_fd = self._fork(template, fds[0], kwargs.get("cwd") or os.getcwd())
         self.process = ForkedKernel(template, pid)
         self.pid, self.pgid = pid, None  # signals go to the template's child, never to a group of the grader's
         self.cwd = kwargs.get("cwd", Path.cwd())
         return self.connection_info
+
+    def _fork(self, template: Template, channel: int, cwd: str) -> tuple[int, int]:
+        """Have the template fork the kernel: (its pid, its channel's descriptor number)."""
+        return template.fork(self.parent.connection_file, channel)
 
     async def cleanup(self, restart: bool = False) -> None:
         """Also remove the kernel's folder (its HOME and its copy of the tests' folder)."""
@@ -365,20 +369,12 @@ class StudentProvisioner(TemplateProvisioner):
 
     stderr: StderrLog | None = None
 
-    async def launch_kernel(self, cmd: list[str], **kwargs) -> dict:
-        template = _by_key(self.template)
-        fds = tuple(kwargs.get("pass_fds") or ())
-        if len(fds) != 1:
-            raise RuntimeError("a student's kernel is started with exactly one descriptor: its channel")
+    def _fork(self, template: Template, channel: int, cwd: str) -> tuple[int, int]:
         folder = os.path.dirname(self.parent.connection_file)
         template.clear(keep=folder)
-        home, work = sandbox.scratch_folders(folder, kwargs.get("cwd") or os.getcwd())
+        home, work = sandbox.scratch_folders(folder, cwd)
         with StderrLog(f"kernel {os.path.basename(folder)}") as self.stderr:
-            pid, self.channel_fd = template.fork(self.parent.connection_file, fds[0], work, home, self.stderr.fd)
-        self.process = ForkedKernel(template, pid)
-        self.pid, self.pgid = pid, None
-        self.cwd = kwargs.get("cwd", Path.cwd())
-        return self.connection_info
+            return template.fork(self.parent.connection_file, channel, work, home, self.stderr.fd)
 
     async def cleanup(self, restart: bool = False) -> None:
         """Also clear the template now: what the kernel left running stops with it, not when the next kernel starts."""
