@@ -178,8 +178,8 @@ class GuardedExecute(NotebookClientHooks, Execute):
                 # the student's kernel starts on one core while the template (if new) finishes its imports
                 await ensure_async(self.tkm.start_kernel(extra_arguments=self.extra_arguments, cwd=self.tests_folder,
                                                          pass_fds=(tests_end.fileno(),)))
-            forked = getattr(self.km.provisioner, "channel_fd", None)  # a forked kernel numbers it as its template did
-            self.channel = (student_end.fileno() if forked is None else forked, self.tkm.provisioner.channel_fd)
+            forked_fd = getattr(self.km.provisioner, "channel_fd", None)  # a forked kernel's number, its template's
+            self.channel = (student_end.fileno() if forked_fd is None else forked_fd, self.tkm.provisioner.channel_fd)
         finally:  # the kernels hold their ends; the grader keeps none (a kernel's death then closes the channel)
             student_end.close()
             tests_end.close()

@@ -11,15 +11,16 @@ The students' kernels are forked from a template too (`--students`: one template
 one at a time, each a different student's). Kernels of different students then share the template's sandbox (its
 uid and namespaces) one after the other, so before each fork the template clears what the kernel before left
 (`clear`): it kills every other process of its uid (kill(-1) reaches them all at once, however many a fork bomb
-makes; the loop waits until /proc shows none), then empties /tmp and /dev/mqueue (the sandbox's only places a
-kernel can write besides its own folder, which the grader removes) and removes the System V IPC objects of its
-namespace (the kernel keyrings are out of every kernel's reach: sandbox.py). It then checks that its own limits,
-priority and CPUs are still those it started with (a process of its uid may change them, and its kernels inherit
-them); if anything cannot be cleared or restored, the clear fails and the grader starts another template. The template itself is not dumpable (PR_SET_DUMPABLE 0), so no kernel can
-ptrace it or read its memory; it holds nothing secret (connection files are read by the forked child), and a kernel
-that stops or kills it stops its own grading: the grader replaces a template that does not answer. A student's
-kernel gets its folders from the grader (a copy of the student's folder, made after the clear) and its stderr as a
-descriptor of its own.
+makes; the loop waits until /proc shows none), empties what its uid made in /tmp and /dev/mqueue (the sandbox's
+only places a kernel can write besides its own folder, which the grader removes) and removes the System V IPC
+objects of its namespace (the kernel keyrings are out of every kernel's reach: sandbox.py). It then checks that its
+own limits, priority and CPUs are still those it started with (a process of its uid may change them, and its
+kernels inherit them). If anything cannot be removed or was changed, the clear fails and the grader starts another
+template. The template is not dumpable (PR_SET_DUMPABLE 0), so no kernel can ptrace it or read its memory; it holds
+nothing secret (connection files are read by the forked child), and a kernel that stops or kills it stops its own
+grading: the grader resumes a stopped template and replaces one that does not answer. A student's kernel gets its
+folders from the grader (a copy of the student's folder, made after the clear) and its stderr as a descriptor of
+its own.
 
 The grader's side is `provisioner.py`. This file is run in the sandbox (sandbox.KernelBox.launch) as `python -P -c <this
 source> <control fd> <modules to import> [--students]`, so it imports nothing from coursegrader.
