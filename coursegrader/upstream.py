@@ -10,7 +10,10 @@ differ, so that an upgrade is a moment to read the upstream code again. Why no p
   notebook; `connected` is the same wait without it, and calls the private `_handle_kernel_info_reply` as
   `wait_for_ready` does;
 - nbclient offers hooks around cells and the notebook, but none when it stops the kernel or finds it dead:
-  GuardedExecute needs both (the tests' kernel stops with the student's; a dead kernel's exit code says why).
+  GuardedExecute needs both (the tests' kernel stops with the student's; a dead kernel's exit code says why);
+- a kernel client's sockets try again to connect every 100 ms (zmq's default), and the only place to give them
+  another interval is the client's zmq context, made by a private default of jupyter_client's
+  (PromptKernelClient).
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ from __future__ import annotations
 import time
 from queue import Empty
 
+import zmq
+import zmq.asyncio
+from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_core.utils import ensure_async, run_sync
 from nbclient.exceptions import DeadKernelError
 from nbclient.util import run_hook
+from traitlets import default
 
 NBCLIENT = "0.11.0"
 JUPYTER_CLIENT = "8.10.0"
@@ -85,6 +92,24 @@ class NotebookClientHooks:
         except DeadKernelError:
             self.on_dead_kernel()
             raise
+
+
+RECONNECT_MS = 10
+
+
+class PromptKernelClient(AsyncKernelClient):
+    """jupyter_client's AsyncKernelClient, but its sockets try again to connect every RECONNECT_MS instead of every
+    100 ms. A client connects as soon as the kernel's process exists, and the kernel binds its sockets once
+    ipykernel has started (about 50 ms for a forked kernel): with zmq's interval, the first request got its answer
+    120-190 ms after the fork, and with this one 50 ms. Its context is made as jupyter_client's private default makes
+    it (`_created_context`: the client destroys it with its channels), with that one option."""
+
+    @default("context")
+    def _prompt_context(self) -> zmq.asyncio.Context:
+        self._created_context = True
+        context = zmq.asyncio.Context()
+        context.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
+        return context
 
 
 async def connected(kc, timeout: float) -> None:

@@ -48,3 +48,21 @@ def test_only_upstream_overrides_private_methods_of_the_libraries():
         for klass in cls.__mro__:
             if klass.__module__.startswith("coursegrader.") and klass is not upstream.NotebookClientHooks:
                 assert not private & set(vars(klass)), (klass, private & set(vars(klass)))
+
+
+def test_the_prompt_client_makes_its_context_as_jupyter_client_does_with_a_short_reconnect_interval():
+    """PromptKernelClient replaces jupyter_client's private context default: the client must still own (and destroy)
+    the context it made, and its sockets must retry every RECONNECT_MS."""
+    import zmq
+    from jupyter_client.asynchronous import AsyncKernelClient
+
+    source = inspect.getsource(AsyncKernelClient._context_default)
+    assert "self._created_context = True" in source and "zmq.asyncio.Context()" in source, (
+        "jupyter_client's AsyncKernelClient makes its context differently now: compare with "
+        "upstream.PromptKernelClient")
+    client = upstream.PromptKernelClient()
+    try:
+        assert client.context.getsockopt(zmq.RECONNECT_IVL) == upstream.RECONNECT_MS
+        assert client._created_context, "the client must destroy the context it made, as jupyter_client's does"
+    finally:
+        client.context.destroy(linger=0)
