@@ -28,6 +28,7 @@ grader's (read-only to its uid) once it has imported its modules.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import logging
@@ -57,6 +58,7 @@ PROVISIONER = "coursegrader-template"
 STUDENTS_PROVISIONER = "coursegrader-students"
 START_TIMEOUT = 120.0  # seconds for the template's imports (torch takes a few on a busy machine)
 REPLY_TIMEOUT = 30.0
+KILL_SECONDS = 1.0  # for a kernel sent SIGKILL to be gone (template.py waits as long for a forked one)
 CLEAR_TIMEOUT = 15.0  # the template gives up after 10 s of killing; longer means it is stopped
 
 _templates: dict[tuple, Template] = {}  # template_for's: one per tests' folder
@@ -436,6 +438,14 @@ class SandboxProvisioner(LocalProvisioner):
         self.box_fds = settings.pop("pass_fds")
         return {**kwargs, **settings, "cmd": command,
                 "pass_fds": (*(kwargs.get("pass_fds") or ()), *self.box_fds)}
+
+    async def kill(self, restart: bool = False) -> None:
+        """LocalProvisioner's kill, then a wait of at most KILL_SECONDS for the kernel to be gone: jupyter_client
+        looks again only 0.1 s later, which every notebook would pay twice."""
+        await super().kill(restart)
+        deadline = time.monotonic() + KILL_SECONDS
+        while self.process is not None and self.process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
 
     async def launch_kernel(self, cmd: list[str], **kwargs) -> dict:
         try:

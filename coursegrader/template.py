@@ -34,7 +34,8 @@ Requests on the control socket (a SOCK_SEQPACKET socket: one JSON object per mes
 - {"op": "clear"}: (students' template) kill every other process of this uid, empty /tmp and /dev/mqueue,
   remove System V IPC objects, check its own limits and priority; {"killed": N};
 - {"op": "poll", "pid": P}: {"code": None} while it runs, else its exit code as subprocess reports one;
-- {"op": "signal", "pid": P, "signal": S}: send it a signal; {"ok": True}.
+- {"op": "signal", "pid": P, "signal": S}: send it a signal; {"ok": True}. After SIGKILL the answer comes once the
+  kernel is gone (at most KILL_SECONDS later), so that a poll right after it finds the exit code.
 When the grader closes the socket, the template kills its kernels and exits.
 """
 
@@ -56,6 +57,7 @@ MAX_MESSAGE = 65536
 KERNEL_MODULES = ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.debugger",
                   "IPython.core.history", "pdb")
 CLEAR_SECONDS = 10.0  # for the processes of the kernel before to be gone
+KILL_SECONDS = 1.0  # for a kernel sent SIGKILL to be gone before the answer
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 WRITABLE = ("/tmp", "/dev/mqueue")  # what a kernel in the sandbox can write besides its own folder
 
@@ -204,6 +206,17 @@ def _become_kernel(folder: str, connection_file: str, work: str | None, home: st
     app.start()
 
 
+def _await_exit(pid: int, kernels: dict) -> None:
+    """Wait (at most KILL_SECONDS) for a kernel sent SIGKILL to end, and keep its exit code."""
+    deadline = time.monotonic() + KILL_SECONDS
+    while kernels[pid] is None and time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            kernels[pid] = _exit_code(status)
+        else:
+            time.sleep(0.001)
+
+
 def serve(control: socket.socket, students: bool) -> None:
     kernels: dict[int, int | None] = {}  # pid -> exit code (None while it runs)
     cleared = False  # a students' template forks only right after a clear
@@ -260,6 +273,8 @@ def serve(control: socket.socket, students: bool) -> None:
                 pid = int(request["pid"])
                 if kernels.get(pid, 0) is None:
                     os.kill(pid, int(request["signal"]))
+                    if int(request["signal"]) == signal.SIGKILL:
+                        _await_exit(pid, kernels)
                 reply = {"ok": True}
             else:
                 raise ValueError(f"unknown request {op!r}")
