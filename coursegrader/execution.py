@@ -44,11 +44,12 @@ from . import integrity, provisioner, proxy, split
 from .notebooks import is_test, source_of
 from .outputcaps import CapOutputs
 from .sandbox import KERNEL_NAME, KernelBox
-from .timelimit import KernelStopped, NotebookTimeLimit, error_output
-from .upstream import NotebookClientHooks, connected, poll_in_slices
+from .timelimit import KernelStopped, NotebookTimeLimit
+from .upstream import NotebookClientHooks, PromptKernelClient, connected, poll_in_slices
 
 log = logging.getLogger(__name__)
 
+CLIENT = f"{PromptKernelClient.__module__}.{PromptKernelClient.__qualname__}"  # both kernels' clients
 PRELOAD = {"numpy", "torch"}  # imported by the tests' kernels' template, when the notebook imports them
 # imported by the students' kernels' template, when the notebook imports them: modules whose import reads no
 # folder a kernel can write (matplotlib reads its configuration folder, which the template seals: provisioner.py)
@@ -128,7 +129,7 @@ class GuardedExecute(NotebookClientHooks, Execute):
         with its connection file in a fresh folder."""
         box = self.box if self.box is not None else provisioner.students_template(self.student_preload).box
         self.kernel_name = KERNEL_NAME
-        self.km = self.kernel_manager_class(kernel_name=KERNEL_NAME, config=self.config,
+        self.km = self.kernel_manager_class(kernel_name=KERNEL_NAME, config=self.config, client_class=CLIENT,
                                             kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(box.kernels)]))
         self.km.transport = "ipc"
         self.km.connection_file = box.connection_file()
@@ -168,7 +169,7 @@ class GuardedExecute(NotebookClientHooks, Execute):
         student_end, tests_end = socket.socketpair()
         try:
             self.tkm = self.kernel_manager_class(
-                kernel_name=KERNEL_NAME, config=self.config,
+                kernel_name=KERNEL_NAME, config=self.config, client_class=CLIENT,
                 kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(self.template.box.kernels)]))
             self.tkm.transport = "ipc"
             self.tkm.connection_file = self.template.box.connection_file()
@@ -204,8 +205,8 @@ class GuardedExecute(NotebookClientHooks, Execute):
         await connected(self.tkc, self.startup_timeout)
         self.tkc.allow_stdin = False
         student_fd, tests_fd = self.channel
-        self.tests_loading = self.tkc.execute(split.load_code(tests_fd, proxy.TESTS),
-                                              silent=True, store_history=False)
+        self.tests_loading = self.tkc.execute(split.load_code(tests_fd, proxy.TESTS, self.notebook_names,
+                                                              self.course_imports), silent=True, store_history=False)
         await self._reply(kc, kc.execute(split.load_code(student_fd, proxy.STUDENT), silent=True,
                                          store_history=False), self.startup_timeout, "load the channel")
 
@@ -277,28 +278,14 @@ class GuardedExecute(NotebookClientHooks, Execute):
         if self.tests_loading is not None:
             await self._reply(self.tkc, self.tests_loading, self.startup_timeout, "load the tests' kernel")
             self.tests_loading = None
-        names = sorted(split.names_read(cell.source) & self.notebook_names)
         serving = self.kc.execute(split.call_code("serve"), silent=True, store_history=False)
-        try:
-            await self._reply(self.tkc, self.tkc.execute(split.call_code("bind", names, self.course_imports),
-                                                         silent=True, store_history=False), self.timeout,
-                              "bind the notebook's names")
-        except RuntimeError as exc:
-            cell.outputs = [error_output("NotebookUnreachable", "the test could not reach the notebook's names "
-                                         f"({exc})")]
-        else:
-            km, kc = self.km, self.kc
-            self.km, self.kc = self.tkm, self.tkc  # nbclient runs this cell, and records its outputs, there
-            try:
-                cell, resources = await self.async_execute_cell(cell, index, store_history=True), resources
-            finally:
-                self.km, self.kc = km, kc
+        km, kc = self.km, self.kc
+        self.km, self.kc = self.tkm, self.tkc  # nbclient runs this cell, and records its outputs, there
+        try:  # the tests' kernel binds the cell's names first and releases the student's kernel after it (CellHooks)
+            cell, resources = await self.async_execute_cell(cell, index, store_history=True), resources
+        finally:
+            self.km, self.kc = km, kc
         timed_out = any(o.get("output_type") == "error" and o.get("ename") == "CellTimeoutError" for o in cell.outputs)
-        try:
-            await self._reply(self.tkc, self.tkc.execute(split.call_code("done"), silent=True, store_history=False),
-                              self.return_timeout, "end the test")
-        except RuntimeError:
-            pass  # the student's kernel is gone: found just below
         await self._await_student(serving)
         if timed_out:
             raise KernelStopped(f"this test cell did not finish within {self.timeout} s")

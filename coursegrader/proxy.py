@@ -19,17 +19,23 @@ student's kernel (the *student* side) over a socket pair the grader hands both s
 - names a test cell rebinds that the student's notebook defines (a reference swapped in for the student's
   own function) are rebound in the student's kernel too before each request, and restored after the cell.
 
+In the tests' kernel, two IPython hooks frame every test cell (`CellHooks`): the cell's first statement binds
+the names it reads that the notebook defines, and once it has run the student's kernel is released. The
+grader sends the cell alone, as plain nbgrader does, and nothing else to the tests' kernel.
+
 The grader loads this file into both kernels as a module of its own (`MODULE`), before any cell runs; it
 imports only the standard library at load time (numpy and torch when data of theirs crosses).
 """
 
 from __future__ import annotations
 
+import ast
 import builtins
 import importlib
 import json
 import math
 import operator
+import re
 import socket
 import struct
 import sys
@@ -904,6 +910,46 @@ def _take(buffers: list, index) -> bytearray:
 # --- in a kernel ---------------------------------------------------------------------------------------------
 
 PEER: Peer | None = None
+HOOKS: CellHooks | None = None
+# Names IPython gives every kernel: each kernel has its own, never the other's.
+IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "display", "_", "__", "___", "_i", "_ii",
+                           "_iii", "_oh", "_ih", "_dh"})
+_HISTORY = re.compile(r"_i?\d+$")  # IPython's history names: _3, _i3
+
+
+def names_loaded(tree: ast.AST) -> frozenset[str]:
+    """Every name a cell's syntax tree reads (at any depth), but builtins and IPython's own (In, _i3, _5...)."""
+    found = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return frozenset(n for n in found if n not in IPYTHON_NAMES and not hasattr(builtins, n) and not _HISTORY.match(n))
+
+
+class CellHooks:
+    """The tests' kernel's hooks around a test cell: IPython gives `visit` the cell's syntax tree (an AST
+    transformer, InteractiveShell.ast_transformers), which puts first a call that binds the names the cell reads
+    that the notebook defines (`names`; `course`: the course's imports, see Peer.bind); after the cell
+    (post_run_cell), `after` restores what it rebound and releases the student's kernel (Peer.done)."""
+
+    def __init__(self, peer: Peer, names, course: dict):
+        self.peer, self.names, self.course = peer, frozenset(names), course
+        self.armed = True  # once per cell: %time and its kind parse the code they run again
+
+    def visit(self, tree):
+        if self.armed and isinstance(tree, ast.Module):
+            self.armed = False
+            wanted = sorted(names_loaded(tree) & self.names)
+            tree.body.insert(0, ast.parse(f"__import__('sys').modules[{MODULE!r}].before_cell({wanted!r})").body[0])
+        return tree
+
+    def after(self, result=None) -> None:
+        self.armed = True
+        try:
+            self.peer.done()
+        except (Exception, KeyboardInterrupt):  # noqa: BLE001 -- the student's kernel is gone: the grader finds it
+            pass
+
+
+class NotebookUnreachable(RuntimeError):
+    """The test cell could not take its names from the student's kernel (the channel broke)."""
 
 
 def connect(fd: int, side: str, namespace: dict) -> None:
@@ -913,13 +959,22 @@ def connect(fd: int, side: str, namespace: dict) -> None:
     PEER = Peer(socket.socket(fileno=fd), side, namespace)
 
 
+def watch_test_cells(shell, names, course: dict) -> None:
+    """Called once in the tests' kernel, after connect: frame every cell it runs from now on (CellHooks)."""
+    global HOOKS
+    HOOKS = CellHooks(PEER, names, course)
+    shell.ast_transformers.append(HOOKS)
+    shell.events.register("post_run_cell", HOOKS.after)
+
+
+def before_cell(names: list[str]) -> None:
+    """A test cell's first statement (CellHooks.visit): bind the names it reads that the notebook defines."""
+    __tracebackhide__ = True  # noqa: F841 -- IPython leaves this frame out of the traceback
+    try:
+        PEER.bind(names, HOOKS.course)
+    except (ProtocolError, PeerGone) as exc:
+        raise NotebookUnreachable(f"the test could not reach the notebook's names ({exc})") from None
+
+
 def serve() -> None:
     PEER.serve()
-
-
-def bind(names: list[str], course: dict) -> None:
-    PEER.bind(names, course)
-
-
-def done() -> None:
-    PEER.done()

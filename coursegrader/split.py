@@ -10,8 +10,6 @@ plant `_expected` in their namespace and catch what a test assigns to it.
 from __future__ import annotations
 
 import ast
-import builtins
-import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,10 +19,6 @@ from . import proxy
 from .notebooks import is_solution, is_test, read_notebook
 
 PROXY_SOURCE = Path(proxy.__file__).read_text(encoding="utf-8")
-# Names IPython gives every kernel: each kernel has its own, never the other's.
-IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "display", "_", "__", "___", "_i", "_ii", "_iii",
-                 "_oh", "_ih", "_dh"}
-_HISTORY = re.compile(r"_i?\d+$")
 
 
 _transformer = TransformerManager()
@@ -80,12 +74,10 @@ def _imports(source: str) -> tuple[tuple[str, tuple[str, str | None]], ...]:
 
 @lru_cache(maxsize=4096)
 def names_read(source: str) -> frozenset[str]:
-    """Every name the cell's code reads (at any depth), but builtins and IPython's own."""
+    """Every name the cell's code reads (at any depth), but builtins and IPython's own: what the tests' kernel
+    binds before a test cell (proxy.CellHooks), read here from the source."""
     tree = python_of(source)
-    if tree is None:
-        return frozenset()
-    found = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-    return frozenset(n for n in found if n not in IPYTHON_NAMES and not hasattr(builtins, n) and not _HISTORY.match(n))
+    return frozenset() if tree is None else proxy.names_loaded(tree)
 
 
 @lru_cache(maxsize=32)
@@ -126,14 +118,17 @@ def _top_level(source: str) -> set[str]:
     return names
 
 
-def load_code(fd: int, side: str) -> str:
+def load_code(fd: int, side: str, names: frozenset[str] = frozenset(), course: dict | None = None) -> str:
     """Code a kernel runs once, before any cell: proxy.py becomes its module `proxy.MODULE`, connected on `fd`.
-    It binds no name in the notebook's namespace."""
+    It binds no name in the notebook's namespace. On the tests' side it also frames every later cell
+    (proxy.CellHooks), with the notebook's `names` and the `course`'s imports (see notebook_names, import_bindings)."""
     boot = ("import sys, types\n"
             f"module = types.ModuleType({proxy.MODULE!r})\n"
             f"exec(compile(source, {proxy.__file__!r}, 'exec'), module.__dict__)\n"
             f"sys.modules[{proxy.MODULE!r}] = module\n"
             f"module.connect({fd}, {side!r}, namespace)\n")
+    if side == proxy.TESTS:
+        boot += f"module.watch_test_cells(get_ipython(), {sorted(names)!r}, {dict(course or {})!r})\n"
     return f"exec({boot!r}, {{'source': {PROXY_SOURCE!r}, 'namespace': get_ipython().user_ns}})"
 
 

@@ -296,3 +296,67 @@ def test_lists_and_dicts_changed_by_the_callee_change_for_the_caller(sides):
     kept = [1, 2]
     (g,) = fetch(tests, ns, g=lambda t: sum(t))
     assert g(kept) == 3 and kept == [1, 2]
+
+
+# --- the tests' kernel's hooks around a test cell (CellHooks), in an IPython shell of a process of its own ---
+
+TEST_CELLS = r"""
+import json, socket, sys, threading
+from IPython.core.interactiveshell import InteractiveShell
+from coursegrader import split, proxy
+shell = InteractiveShell.instance()
+a, b = socket.socketpair()
+student_ns = {"DATA": [1, 2], "secret": 41}
+exec("def double(x):\n    return 2 * x\ndef quad(x):\n    return double(double(x))", student_ns)
+student = proxy.Peer(a, proxy.STUDENT, student_ns)
+loaded = shell.run_cell(split.load_code(b.fileno(), proxy.TESTS, frozenset({"double", "quad", "DATA", "np"}),
+                                        {"np": ["numpy", None]}), silent=True).success
+released = []
+
+def serve():
+    student.serve()
+    released.append(True)
+
+server = threading.Thread(target=serve)
+server.start()
+cell = shell.run_cell("assert double(3) == 6 and DATA == [1, 2] and np.__name__ == 'numpy'\n"
+                      "double = lambda x: 0\n"
+                      "assert quad(3) == 0, 'the student side must see the swap while the cell runs'\n"
+                      "leaked = 'secret' in dir()")
+server.join(10)
+restored = student_ns["double"](2)
+
+def garble():  # answers the first request with a frame that is not the protocol's
+    a.recv(65536)
+    a.sendall(b"\xff" * 12)
+
+server = threading.Thread(target=garble)
+server.start()
+broken = shell.run_cell("ran = True\nDATA")
+server.join(10)
+print(json.dumps([loaded, cell.success, repr(cell.error_in_exec), released, shell.user_ns.get("leaked"), restored,
+                  broken.success, type(broken.error_in_exec).__name__, "ran" in shell.user_ns]))
+"""
+
+
+def test_the_tests_kernel_binds_a_cells_names_first_and_releases_the_student_after_it(tmp_path):
+    """proxy.CellHooks: the grader sends the test cell alone; the tests' kernel binds the names it reads (and only
+    the notebook's) before its first statement, and after it restores what it rebound and releases the student's
+    kernel. A broken channel fails the cell before any of its code runs."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", TEST_CELLS], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr
+    loaded, ok, error, released, leaked, restored, broken_ok, broken_error, ran = json.loads(
+        done.stdout.strip().splitlines()[-1])
+    assert loaded and ok, f"the test cell failed: {error}\n{done.stdout}"
+    assert released == [True], "the student's kernel must be released (Peer.done) once the test cell has run"
+    assert leaked is False, "a name the source notebook does not define must not be fetched"
+    assert restored == 4, "the student's own function must be back once the cell that swapped it has run"
+    assert not broken_ok and broken_error == "NotebookUnreachable", (broken_ok, broken_error)
+    assert not ran, "a test cell whose names could not be bound must not run"
