@@ -72,14 +72,6 @@ def _imports(source: str) -> tuple[tuple[str, tuple[str, str | None]], ...]:
     return tuple(found)
 
 
-@lru_cache(maxsize=4096)
-def names_read(source: str) -> frozenset[str]:
-    """Every name the cell's code reads (at any depth), but builtins and IPython's own: what the tests' kernel
-    binds before a test cell (proxy.CellHooks), read here from the source."""
-    tree = python_of(source)
-    return frozenset() if tree is None else proxy.names_loaded(tree)
-
-
 @lru_cache(maxsize=32)
 def notebook_names(path: str, mtime_ns: int) -> frozenset[str]:
     """Names the source notebook's code cells other than its tests bind at top level: what a test may take

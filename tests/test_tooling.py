@@ -330,7 +330,7 @@ def test_the_channel_loads_as_a_module_and_binds_no_name_in_the_notebook():
 
 
 def test_a_test_takes_from_the_notebook_only_names_the_source_defines(tmp_path):
-    from coursegrader import split
+    from coursegrader import proxy, split
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("import numpy as np\nfrom torch import nn\nDATA = [1]\nfor i in range(2):\n    pass"),
@@ -342,7 +342,7 @@ def test_a_test_takes_from_the_notebook_only_names_the_source_defines(tmp_path):
     nbformat.write(nb, str(path))
     names = split.notebook_names(str(path), path.stat().st_mtime_ns)
     assert names == {"np", "nn", "DATA", "i", "double", "Model"}, names
-    read = split.names_read("_expected = f(DATA)\nprint(len(np.zeros(3)), In, _i3, double, _expected)")
+    read = proxy.names_loaded(split.python_of("_expected = f(DATA)\nprint(len(np.zeros(3)), In, _i3, double, _expected)"))
     assert read == {"f", "DATA", "np", "double", "_expected"}, read
     assert "_expected" not in names, "a name only a test defines is never fetched from the student"
 
