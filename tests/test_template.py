@@ -165,3 +165,39 @@ def test_a_sandboxed_kernels_stderr_goes_to_the_log_not_the_terminal(tmp_path, c
         time.sleep(0.05)
     assert "a line on fd 2" in caplog.text, "the kernel's stderr reaches the logger coursegrader.kernel"
     assert "a line on fd 2" not in capfd.readouterr().err, "the kernel's stderr never reaches the terminal"
+
+
+def test_a_killed_kernel_is_gone_when_kill_returns(template, tmp_path):
+    """jupyter_client looks for a killed kernel's exit only every 0.1 s: the provisioners' kill returns once the kernel
+    is gone (the template waits for a kernel it sent SIGKILL; SandboxProvisioner.kill waits for its process), so that
+    jupyter_client's first look finds it gone."""
+    import asyncio
+
+    from coursegrader.sandbox import KernelBox
+
+    km, kc, end = start(template)
+    try:
+        asyncio.run(km.provisioner.kill())
+        assert km.provisioner.process.poll() == -9, "the forked kernel must be gone, its exit code known, once kill returns"
+    finally:
+        kc.stop_channels()
+        km.cleanup_resources()
+        end.close()
+    folder = tmp_path / "student"
+    folder.mkdir()
+    with KernelBox(str(folder), sandbox=SANDBOX) as box:
+        km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(box.kernels)]))
+        km.transport = "ipc"
+        km.connection_file = box.connection_file()
+        km.start_kernel(cwd=str(folder))
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+            evaluate(kc, "import numpy", "1")  # a kernel with memory to release as it dies
+            assert isinstance(km.provisioner, provisioner.SandboxProvisioner)
+            asyncio.run(km.provisioner.kill())
+            assert km.provisioner.process.poll() is not None, "the sandboxed kernel must be gone once kill returns"
+        finally:
+            kc.stop_channels()
+            km.cleanup_resources()
