@@ -57,7 +57,7 @@ MAX_MESSAGE = 65536
 KERNEL_MODULES = ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.debugger",
                   "IPython.core.history", "pdb")
 CLEAR_SECONDS = 10.0  # for the processes of the kernel before to be gone
-KILL_SECONDS = 1.0  # for a kernel sent SIGKILL to be gone before the answer
+KILL_SECONDS = 1.0  # for a kernel sent SIGKILL to be gone before the answer (provisioner.py waits as long)
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 WRITABLE = ("/tmp", "/dev/mqueue")  # what a kernel in the sandbox can write besides its own folder
 
